@@ -1,0 +1,308 @@
+"""The sweep engine: group by static signature → compile once → chunk → vmap+scan → rows.
+
+One training run is a pure function ``run(dynamic hyperparameters, seed) -> curves`` made of
+the experiment's ``init``/``step``/``measure``: a ``lax.scan`` over the log segments of a
+``fori_loop`` over steps. The engine ``vmap``s it over the runs of a chunk, ``jit``s it once
+per group of runs that share their static hyperparameters, shards the run axis over all
+local devices, and hands finished chunks to the store on a background thread while the next
+chunk computes.
+
+Reproducibility: a run's keys come from its ``seed`` alone (``PRNGKey(seed)`` folded with
+0 for init, 1 for steps, 2 for data), so runs with the same seed share initialization and
+data order across the grid, and nothing depends on the chunk, the device count or a resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdyn.experiments.base import Experiment
+from jaxdyn.spec import Run, Sweep
+
+# Float64 sweeps need x64; float32 sweeps stay float32 because every experiment creates its
+# arrays with static["dtype"] and casts hyperparameters to it.
+jax.config.update("jax_enable_x64", True)
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+#: Largest chunk chosen automatically: throughput saturates well before this on CPU and GPU.
+MAX_AUTO_CHUNK = 16384
+#: Fraction of device (or host) memory a chunk may use.
+MEMORY_FRACTION = 0.4
+
+
+# ---- the run function --------------------------------------------------------------------
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _freeze(ok, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
+                probes: Sequence = ()) -> Callable:
+    """One run as a pure function ``run(dyn, seed, data) -> (curves, alive, diverged_step)``.
+
+    ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
+    ``(len(log_steps),) + metric shape``; values logged after a divergence are NaN.
+    A run whose state turns NaN/inf is frozen at its last finite state.
+    """
+    starts = np.asarray(log_steps[:-1], np.int64)
+    lengths = np.asarray(np.diff(log_steps), np.int64)
+    dt = static["dtype"]
+
+    def measure(state, hp, data, step):
+        m = dict(exp.measure(state, static, hp, data))
+        for probe in probes:
+            m.update(probe(exp, state, static, hp, data, step))
+        return m
+
+    def run(dyn, seed, data):
+        hp = {k: jnp.asarray(v).astype(dt) for k, v in dyn.items()}
+        key = jax.random.PRNGKey(seed)
+        k_init, k_step, k_data = (jax.random.fold_in(key, i) for i in range(3))
+        if data is None and exp.make_data is not None:
+            data = exp.make_data(k_data, static)
+        state0 = exp.init(k_init, static, hp, data)
+        alive0 = _all_finite(state0)
+        m0 = measure(state0, hp, data, 0)
+
+        def segment(carry, seg):
+            start, n = seg
+
+            def body(i, c):
+                state, alive, dstep = c
+                new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
+                ok = alive & _all_finite(new)
+                return (_freeze(ok, new, state), ok,
+                        jnp.where(alive & ~ok, i + 1, dstep))
+
+            carry = jax.lax.fori_loop(start, start + n, body, carry)
+            state, alive, _ = carry
+            m = measure(state, hp, data, start + n)
+            m = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
+            return carry, m
+
+        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64))
+        (state, alive, dstep), ms = jax.lax.scan(segment, carry0, (starts, lengths))
+        curves = {k: jnp.concatenate([jnp.where(alive0, m0[k], jnp.nan)[None], ms[k]])
+                  for k in m0}
+        # The final state is the last finite one, so final metrics of a diverged run are
+        # its values just before divergence.
+        final = measure(state, hp, data, static["steps"])
+        return curves, final, alive, dstep
+
+    return run
+
+
+# ---- planning ----------------------------------------------------------------------------
+@dataclass
+class Group:
+    """Runs sharing their static hyperparameters: one compiled program."""
+
+    index: int
+    label: str
+    static: dict
+    runs: list[Run]
+
+
+def plan_groups(sweep: Sweep, exp: Experiment, runs: Sequence[Run]) -> list[Group]:
+    names = exp.static_names
+    by_sig: dict[tuple, list[Run]] = {}
+    for r in runs:
+        by_sig.setdefault(tuple(r.hp[n] for n in names), []).append(r)
+    groups = []
+    for i, (sig, rs) in enumerate(sorted(by_sig.items(), key=lambda kv: repr(kv[0]))):
+        if exp.make_data is not None:  # chunks never span seeds: data are shared per chunk
+            rs = sorted(rs, key=lambda r: r.seed)
+        label = ",".join(f"{n}={v}" for n, v in zip(names, sig)) or "all"
+        groups.append(Group(i, label, dict(zip(names, sig)), rs))
+    return groups
+
+
+def chunks_of(group: Group, size: int, per_seed: bool) -> list[list[Run]]:
+    out: list[list[Run]] = []
+    if per_seed:
+        runs_by_seed: dict[int, list[Run]] = {}
+        for r in group.runs:
+            runs_by_seed.setdefault(r.seed, []).append(r)
+        for rs in runs_by_seed.values():
+            out += [rs[i:i + size] for i in range(0, len(rs), size)]
+    else:
+        out = [group.runs[i:i + size] for i in range(0, len(group.runs), size)]
+    return out
+
+
+# ---- compiled chunk runner ---------------------------------------------------------------
+class ChunkRunner:
+    """``jit(vmap(run))`` for one group, sharded over all local devices on the run axis."""
+
+    def __init__(self, exp: Experiment, sweep: Sweep, group: Group, probes=()):
+        self.exp, self.sweep, self.group = exp, sweep, group
+        self.static = {**group.static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
+        self.log_steps = sweep.log.steps(sweep.steps)
+        self.devices = jax.local_devices()
+        self.mesh = Mesh(np.array(self.devices), ("runs",))
+        self.dyn_names = exp.dynamic_names
+        run = make_run_fn(exp, self.static, self.log_steps, probes)
+        shared = exp.make_data is not None
+        self.per_seed = shared
+
+        def chunk_fn(dyn, seeds, data_seed):
+            data = None
+            if shared:
+                data = exp.make_data(jax.random.fold_in(jax.random.PRNGKey(data_seed), 2),
+                                     self.static)
+            return jax.vmap(run, in_axes=(0, 0, None))(dyn, seeds, data)
+
+        runs_sh = NamedSharding(self.mesh, P("runs"))
+        rep = NamedSharding(self.mesh, P())
+        self._jitted = jax.jit(chunk_fn, in_shardings=(runs_sh, runs_sh, rep),
+                               out_shardings=runs_sh)
+        self._compiled = {}
+        self.compile_s = 0.0
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+    def _args(self, n: int):
+        dyn = {k: jax.ShapeDtypeStruct((n,), jnp.float64) for k in self.dyn_names}
+        return dyn, jax.ShapeDtypeStruct((n,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.uint32)
+
+    def compiled(self, n: int):
+        if n not in self._compiled:
+            t = time.perf_counter()
+            self._compiled[n] = self._jitted.lower(*self._args(n)).compile()
+            self.compile_s += time.perf_counter() - t
+        return self._compiled[n]
+
+    def memory_bytes(self, n: int) -> float:
+        """Bytes a chunk of ``n`` runs needs, from XLA's memory analysis of the compiled
+        program, counting the host-side copies of its outputs (numpy, Arrow) too."""
+        ma = self.compiled(n).memory_analysis()
+        if ma is None:  # backends without the analysis: a generous per-run guess
+            return float(n * 65536)
+        return float(ma.temp_size_in_bytes + ma.argument_size_in_bytes
+                     + 4 * ma.output_size_in_bytes)
+
+    def choose_chunk(self, n_runs: int, override: int | None) -> int:
+        """Runs per chunk (a multiple of the device count; the last chunk is padded).
+
+        Automatic: up to MAX_AUTO_CHUNK runs per device, at least four chunks for big
+        sweeps so that writing overlaps compute, then shrunk until the compiled program fits
+        MEMORY_FRACTION of the device memory. Usually one compilation, never a probe.
+        """
+        nd = self.n_devices
+        if override:
+            return _round_up(max(1, min(override, n_runs)), nd)
+        size = _round_up(min(n_runs, MAX_AUTO_CHUNK * nd, max(2048 * nd, -(-n_runs // 4))), nd)
+        budget = device_memory_bytes(self.devices[0]) * MEMORY_FRACTION
+        while size > nd:
+            need = self.memory_bytes(size)
+            if need <= budget:
+                break
+            size = _round_up(max(nd, int(size * 0.9 * budget / need)), nd)
+        return size
+
+    def __call__(self, runs: list[Run], size: int):
+        """Dispatch one chunk (padded to ``size``); returns device arrays without blocking."""
+        n = len(runs)
+        pad = size - n
+        dyn = {k: np.asarray([r.hp[k] for r in runs] + [runs[-1].hp[k]] * pad, np.float64)
+               for k in self.dyn_names}
+        seeds = np.asarray([r.seed for r in runs] + [runs[-1].seed] * pad, np.uint32)
+        return self.compiled(size)(dyn, seeds, np.uint32(runs[0].seed))
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def device_memory_bytes(device) -> float:
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return float(stats["bytes_limit"])
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8e9
+
+
+def device_description() -> str:
+    devs = jax.local_devices()
+    kinds = sorted({getattr(d, "device_kind", d.platform) for d in devs})
+    return f"{len(devs)}x {', '.join(kinds)} ({jax.default_backend()})"
+
+
+# ---- the sweep loop ----------------------------------------------------------------------
+def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = None,
+              progress: Callable | None = None, probes=()) -> dict:
+    """Run every run of ``sweep`` not already in ``store``; returns a summary dict."""
+    t0 = time.perf_counter()
+    all_runs = sweep.runs()
+    done = store.done_run_ids()
+    pending = [r for r in all_runs if r.run_id not in done]
+    groups = plan_groups(sweep, exp, pending)
+    summary = {"runs_total": len(all_runs), "runs_done_before": len(all_runs) - len(pending),
+               "runs_run": 0, "diverged": 0, "compile_s": 0.0, "chunks": 0,
+               "steps": sweep.steps}
+    work = []
+    for g in groups:
+        runner = ChunkRunner(exp, sweep, g, probes)
+        size = runner.choose_chunk(len(g.runs), chunk_size or sweep.chunk_size)
+        for c in chunks_of(g, size, runner.per_seed):
+            work.append((runner, g, c, size))
+    if progress:
+        progress("start", total_runs=len(pending), total_chunks=len(work))
+
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdyn-writer")
+    pending_write: Future | None = None
+    try:
+        for i, (runner, g, chunk, size) in enumerate(work):
+            tc = time.perf_counter()
+            out = runner(chunk, size)  # async dispatch: computes while the last chunk writes
+            jax.block_until_ready(out)
+            wall = time.perf_counter() - tc
+            if pending_write is not None:
+                summary["diverged"] += pending_write.result()
+            pending_write = writer.submit(_write_chunk, store, exp, sweep, runner, g, chunk,
+                                          out, wall)
+            summary["runs_run"] += len(chunk)
+            summary["chunks"] += 1
+            if progress:
+                progress("chunk", runs=len(chunk), wall=wall, index=i)
+        if pending_write is not None:
+            summary["diverged"] += pending_write.result()
+    finally:
+        writer.shutdown(wait=True)
+    summary["compile_s"] = sum({id(r): r.compile_s for r, *_ in work}.values())
+    summary["wall_s"] = time.perf_counter() - t0
+    summary["run_steps_per_s"] = summary["runs_run"] * sweep.steps / max(summary["wall_s"], 1e-9)
+    return summary
+
+
+def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall) -> int:
+    curves, final, alive, dstep = jax.device_get(out)
+    n = len(chunk)
+    alive = np.asarray(alive[:n])
+    dstep = np.asarray(dstep[:n])
+    curves = {k: np.asarray(v[:n]) for k, v in curves.items()}
+    final = {k: np.asarray(v[:n]) for k, v in final.items()}
+    store.write_chunk(sweep, exp, group, chunk, runner.log_steps, curves, final, alive, dstep,
+                      wall)
+    return int((~alive).sum())

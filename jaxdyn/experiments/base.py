@@ -1,0 +1,52 @@
+"""What an experiment is: a few pure functions over pytrees and a declaration of its knobs.
+
+An experiment module defines, in the purejaxrl style, one training run as pure functions
+that the engine composes with ``jit``, ``vmap`` and ``scan``::
+
+    make_data(key, static)                 -> data     (optional; shared by runs of a seed)
+    init(key, static, hp, data)            -> state    (params, optimizer state, ...)
+    step(state, key, static, hp, data)     -> state    (one optimizer step)
+    measure(state, static, hp, data)       -> {metric: scalar or small array}
+
+``static`` is a plain dict of the static hyperparameters plus ``dtype`` (from the sweep's
+precision) and ``steps``; ``hp`` is a dict of the dynamic hyperparameters as traced scalars
+of ``dtype``. Any state leaf that turns NaN/inf freezes the run (the engine handles it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from jaxdyn.spec import Param
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    doc: str = ""
+    shape: tuple[int, ...] = ()  # () scalar; (k,) an array metric stored as a list column
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    doc: str
+    params: tuple[Param, ...]
+    metrics: tuple[Metric, ...]
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    measure: Callable[..., dict]
+    make_data: Callable[..., Any] | None = None
+    #: loss(params, static, hp, data) -> scalar and params(state) -> pytree, for probes
+    loss: Callable[..., Any] | None = None
+    params_of_state: Callable[[Any], Any] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def static_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params if p.static)
+
+    @property
+    def dynamic_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params if not p.static)

@@ -1,0 +1,474 @@
+"""Sweep files: parse, validate and expand the grid.
+
+Pure Python (no JAX): a sweep file is data, never executed. Everything that can be
+wrong with a file is found here, before anything is compiled or written, and reported as
+one :class:`SpecError` naming the file, the key and what was expected.
+
+A sweep file (TOML)::
+
+    name = "eos_mean_model"            # output goes to <out>/<name>/
+    experiment = "eos.mean_model"
+    steps = 10000
+    seeds = 4                           # a count (seeds 0..n-1) or a list of ints
+    log = { every = 100 }               # or { points = 200, spacing = "log" }
+    precision = "float32"               # or "float64"
+    [fixed]                             # same value for every run
+    init_scale = 0.01
+    [grid]                              # cartesian product: a list, or a range table
+    lr = { start = 1e-4, stop = 1e-1, num = 1024, spacing = "log" }
+    d = [50, 100, 200]
+    [zip]                               # equal-length lists that vary together
+    [sample]                            # a seeded random subset of the grid points
+    fraction = 0.025                    # or count = 5000
+    seed = 0
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
+               "zip", "sample", "probes", "description", "chunk_size")
+PRECISIONS = ("float32", "float64")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+#: Grids larger than this are refused unless the user confirms (``--yes``).
+MAX_RUNS_UNCONFIRMED = 5_000_000
+
+
+class SpecError(ValueError):
+    """A sweep file is invalid. ``str(err)`` is the one message a user sees."""
+
+    def __init__(self, file: str | Path | None, key: str | None, message: str):
+        self.file, self.key, self.message = file, key, message
+        where = str(file) if file else "<sweep>"
+        if key:
+            where += f": key '{key}'"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter of an experiment.
+
+    ``static`` hyperparameters change shapes or control flow: each distinct value is its own
+    compiled group. Dynamic ones are vmapped floats that never recompile.
+    """
+
+    name: str
+    default: Any
+    type: type  # int, float, str or bool
+    static: bool = False
+    choices: tuple | None = None
+    doc: str = ""
+
+    def coerce(self, value: Any, file, key: str) -> Any:
+        """Check and convert one value from a sweep file to this parameter's type."""
+        t = self.type
+        if t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok and isinstance(value, float) and value.is_integer():
+                value, ok = int(value), True
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                value = float(value)
+                ok = math.isfinite(value)
+        elif t is str:
+            ok = isinstance(value, str)
+        else:  # pragma: no cover - declaration bug
+            raise TypeError(t)
+        if not ok:
+            raise SpecError(file, key, f"expected {t.__name__} for '{self.name}', got {value!r}"
+                            f" ({type(value).__name__})")
+        if self.choices is not None and value not in self.choices:
+            raise SpecError(file, key, f"'{self.name}' must be one of {list(self.choices)}, "
+                                       f"got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class LogSchedule:
+    """Which steps are logged: every ``every`` steps, or ``points`` log/linear-spaced steps.
+
+    Step 0 (the initial state) and the last step are always logged.
+    """
+
+    every: int | None = None
+    points: int | None = None
+    spacing: str = "linear"
+
+    def steps(self, total: int) -> np.ndarray:
+        if self.every is not None:
+            s = np.arange(0, total + 1, self.every, dtype=np.int64)
+        elif self.spacing == "log":
+            s = np.round(np.geomspace(1, total, self.points)).astype(np.int64)
+        else:
+            s = np.round(np.linspace(0, total, self.points)).astype(np.int64)
+        return np.unique(np.concatenate([[0], s, [total]]))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: its stable id, its seed and every hyperparameter value."""
+
+    run_id: str
+    seed: int
+    hp: Mapping[str, Any]
+
+
+@dataclass
+class Sweep:
+    name: str
+    experiment: str
+    steps: int
+    seeds: tuple[int, ...]
+    log: LogSchedule
+    precision: str
+    fixed: dict[str, Any]
+    grid: dict[str, list]
+    zip: dict[str, list]
+    sample: dict[str, Any] | None
+    probes: dict[str, dict]
+    params: tuple[Param, ...]
+    file: str | None = None
+    source: str = ""
+    description: str = ""
+    chunk_size: int | None = None
+    doc: dict = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """Hash of the sweep's meaning (not its formatting): a changed file changes it."""
+        return hashlib.sha256(json.dumps(self.doc, sort_keys=True, default=str)
+                              .encode()).hexdigest()[:16]
+
+    # ---- grid expansion ---------------------------------------------------------------
+    def n_points(self) -> int:
+        n = math.prod(len(v) for v in self.grid.values())
+        if self.zip:
+            n *= len(next(iter(self.zip.values())))
+        if self.sample is not None:
+            n = self._sample_count(n)
+        return n
+
+    def n_runs(self) -> int:
+        return self.n_points() * len(self.seeds)
+
+    def _sample_count(self, n: int) -> int:
+        if "count" in self.sample:
+            return min(int(self.sample["count"]), n)
+        return max(1, int(round(self.sample["fraction"] * n)))
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        """Grid points in a fixed order: grid axes in file order (first slowest), then zip."""
+        axes = [[(k, v) for v in vals] for k, vals in self.grid.items()]
+        if self.zip:
+            keys = list(self.zip)
+            m = len(self.zip[keys[0]])
+            axes.append([tuple((k, self.zip[k][i]) for k in keys) for i in range(m)])
+        total = math.prod(len(a) for a in axes)
+        keep = None
+        if self.sample is not None:
+            rng = np.random.default_rng(int(self.sample.get("seed", 0)))
+            keep = set(rng.choice(total, size=self._sample_count(total), replace=False).tolist())
+        for i, combo in enumerate(itertools.product(*axes)):
+            if keep is not None and i not in keep:
+                continue
+            pt = {}
+            for item in combo:
+                if item and isinstance(item[0], tuple):
+                    pt.update(dict(item))
+                else:
+                    pt[item[0]] = item[1]
+            yield pt
+
+    def runs(self) -> list[Run]:
+        defaults = {p.name: p.default for p in self.params}
+        out = []
+        for pt in self.points():
+            hp = {**defaults, **self.fixed, **pt}
+            for s in self.seeds:
+                out.append(Run(run_id(self.experiment, hp, s, self.steps, self.precision), s, hp))
+        return out
+
+
+def run_id(experiment: str, hp: Mapping[str, Any], seed: int, steps: int, precision: str) -> str:
+    """Stable id of a run: the same experiment, values, seed, steps and precision give the
+    same id in every sweep, whatever else is in the grid."""
+    canon = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in sorted(hp.items())}
+    blob = json.dumps([experiment, canon, int(seed), int(steps), precision], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---- parsing ------------------------------------------------------------------------------
+def _closest(word: str, options: Sequence[str]) -> str:
+    m = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{m[0]}'?)" if m else ""
+
+
+def _int(file, key, v, minimum=None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(file, key, f"expected an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise SpecError(file, key, f"expected an integer >= {minimum}, got {v}")
+    return v
+
+
+def _axis_values(file, key: str, spec, param: Param) -> list:
+    """A grid axis: a non-empty list, or a range table {start, stop, num, spacing}."""
+    if isinstance(spec, dict):
+        allowed = {"start", "stop", "num", "spacing"}
+        for k in spec:
+            if k not in allowed:
+                raise SpecError(file, f"{key}.{k}", f"unknown range key; expected one of "
+                                                      f"{sorted(allowed)}{_closest(k, allowed)}")
+        for k in ("start", "stop", "num"):
+            if k not in spec:
+                raise SpecError(file, key, f"a range table needs 'start', 'stop' and 'num' "
+                                           f"(missing '{k}')")
+        num = _int(file, f"{key}.num", spec["num"], minimum=1)
+        spacing = spec.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, f"{key}.spacing", f"expected 'linear' or 'log', got {spacing!r}")
+        start, stop = spec["start"], spec["stop"]
+        for k, v in (("start", start), ("stop", stop)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpecError(file, f"{key}.{k}", f"expected a finite number, got {v!r}")
+        if spacing == "log" and (start <= 0 or stop <= 0):
+            raise SpecError(file, key, "log spacing needs start > 0 and stop > 0")
+        if param.type not in (int, float):
+            raise SpecError(file, key, f"a range needs a numeric hyperparameter; "
+                                       f"'{param.name}' is {param.type.__name__}")
+        vals = (np.geomspace(start, stop, num) if spacing == "log"
+                else np.linspace(start, stop, num))
+        if param.type is int:
+            vals = np.unique(np.round(vals).astype(np.int64))
+        values = [v.item() for v in vals]
+    elif isinstance(spec, list):
+        values = spec
+    else:
+        raise SpecError(file, key, f"expected a list of values or a range table "
+                                   f"{{start, stop, num, spacing}}, got {spec!r}")
+    if not values:
+        raise SpecError(file, key, "empty list: a grid axis needs at least one value")
+    return [param.coerce(v, file, f"{key}[{i}]") for i, v in enumerate(values)]
+
+
+def _table(file, doc: dict, key: str) -> dict:
+    v = doc.get(key, {})
+    if not isinstance(v, dict):
+        raise SpecError(file, key, f"expected a table, got {v!r}")
+    return v
+
+
+def parse(text: str, params_of, *, file: str | Path | None = None,
+          overrides: Sequence[str] = ()) -> Sweep:
+    """Parse and validate a sweep file.
+
+    Args:
+      text: the TOML text.
+      params_of: ``experiment name -> tuple[Param, ...]``; raises KeyError for an unknown one.
+      file: shown in messages.
+      overrides: ``key=value`` strings (``--set``), applied before validation. ``key`` is a
+        dotted path into the file (``steps``, ``fixed.init_scale``, ``log.every``), or a bare
+        hyperparameter name, which fixes it for every run (replacing any grid/zip axis).
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(file, None, f"not valid TOML: {e}") from None
+    for ov in overrides:
+        _apply_override(doc, ov, file, params_of)
+    return validate(doc, params_of, file=file, source=text)
+
+
+def _apply_override(doc: dict, ov: str, file, params_of) -> None:
+    if "=" not in ov:
+        raise SpecError(file, ov, "--set expects key=value")
+    key, raw = ov.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] not in SCHEMA_KEYS:
+        # A bare hyperparameter name: fixed for every run.
+        for t in ("grid", "zip"):
+            if isinstance(doc.get(t), dict):
+                doc[t].pop(key, None)
+        doc.setdefault("fixed", {})
+        if not isinstance(doc["fixed"], dict):
+            raise SpecError(file, "fixed", "expected a table")
+        doc["fixed"][key] = value
+        return
+    node = doc
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(file, key, f"--set cannot descend into non-table '{p}'")
+    node[parts[-1]] = value
+
+
+def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
+    for k in doc:
+        if k not in SCHEMA_KEYS:
+            raise SpecError(file, k, f"unknown key; expected one of {list(SCHEMA_KEYS)}"
+                                     f"{_closest(k, SCHEMA_KEYS)}")
+    for k in ("name", "experiment", "steps"):
+        if k not in doc:
+            raise SpecError(file, k, "missing required key")
+    name = doc["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise SpecError(file, "name", f"expected a plain folder name (letters, digits, '_', "
+                                      f"'-', '.'; no '/' or '..'), got {name!r}")
+    exp = doc["experiment"]
+    if not isinstance(exp, str):
+        raise SpecError(file, "experiment", f"expected a string, got {exp!r}")
+    try:
+        params = tuple(params_of(exp))
+    except KeyError as e:
+        known = e.args[1] if len(e.args) > 1 else ()
+        raise SpecError(file, "experiment", f"unknown experiment {exp!r}; known: "
+                                            f"{sorted(known)}{_closest(exp, known)}") from None
+    by_name = {p.name: p for p in params}
+    steps = _int(file, "steps", doc["steps"])
+    if steps <= 0:
+        raise SpecError(file, "steps", f"expected a positive integer, got {steps}")
+
+    seeds_v = doc.get("seeds", 1)
+    if isinstance(seeds_v, list):
+        if not seeds_v:
+            raise SpecError(file, "seeds", "empty list: give a count or a non-empty list")
+        seeds = tuple(_int(file, f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds_v))
+        if len(set(seeds)) != len(seeds):
+            raise SpecError(file, "seeds", "seeds must be distinct")
+    else:
+        n = _int(file, "seeds", seeds_v)
+        if n <= 0:
+            raise SpecError(file, "seeds", f"expected a positive count or a list of ints, got {n}")
+        seeds = tuple(range(n))
+    if any(s >= 2**31 for s in seeds):
+        raise SpecError(file, "seeds", "seeds must be < 2**31")
+
+    log_v = doc.get("log", {"points": 100, "spacing": "linear"})
+    if not isinstance(log_v, dict):
+        raise SpecError(file, "log", f"expected a table like {{ every = 100 }} or "
+                                     f"{{ points = 200, spacing = \"log\" }}, got {log_v!r}")
+    for k in log_v:
+        if k not in ("every", "points", "spacing"):
+            raise SpecError(file, f"log.{k}", "unknown key; expected 'every', or 'points' and "
+                                              "'spacing'")
+    if ("every" in log_v) == ("points" in log_v):
+        raise SpecError(file, "log", "give exactly one of 'every' or 'points'")
+    if "every" in log_v:
+        every = _int(file, "log.every", log_v["every"], minimum=1)
+        log = LogSchedule(every=every)
+    else:
+        pts = _int(file, "log.points", log_v["points"], minimum=1)
+        spacing = log_v.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, "log.spacing", f"expected 'linear' or 'log', got {spacing!r}")
+        log = LogSchedule(points=pts, spacing=spacing)
+
+    precision = doc.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise SpecError(file, "precision", f"expected one of {list(PRECISIONS)}, got "
+                                           f"{precision!r}")
+
+    def check_name(section: str, k: str) -> Param:
+        if k not in by_name:
+            raise SpecError(file, f"{section}.{k}",
+                            f"unknown hyperparameter for {exp}{_closest(k, by_name)}; "
+                            f"known: {sorted(by_name)}")
+        return by_name[k]
+
+    fixed = {}
+    for k, v in _table(file, doc, "fixed").items():
+        fixed[k] = check_name("fixed", k).coerce(v, file, f"fixed.{k}")
+    grid = {}
+    for k, v in _table(file, doc, "grid").items():
+        grid[k] = _axis_values(file, f"grid.{k}", v, check_name("grid", k))
+    zipped = {}
+    for k, v in _table(file, doc, "zip").items():
+        p = check_name("zip", k)
+        if not isinstance(v, list):
+            raise SpecError(file, f"zip.{k}", f"expected a list, got {v!r}")
+        zipped[k] = _axis_values(file, f"zip.{k}", v, p)
+    if zipped:
+        lengths = {k: len(v) for k, v in zipped.items()}
+        if len(set(lengths.values())) > 1:
+            raise SpecError(file, "zip", f"zip lists must have equal lengths, got {lengths}")
+    seen: dict[str, str] = {}
+    for section, table in (("fixed", fixed), ("grid", grid), ("zip", zipped)):
+        for k in table:
+            if k in seen:
+                raise SpecError(file, f"{section}.{k}", f"'{k}' is also set in [{seen[k]}]; "
+                                                        "give each hyperparameter once")
+            seen[k] = section
+
+    sample = None
+    if "sample" in doc:
+        s = _table(file, doc, "sample")
+        for k in s:
+            if k not in ("fraction", "count", "seed"):
+                raise SpecError(file, f"sample.{k}", "unknown key; expected 'fraction' or "
+                                                     f"'count', and 'seed'{_closest(k, ['fraction', 'count', 'seed'])}")
+        if ("fraction" in s) == ("count" in s):
+            raise SpecError(file, "sample", "give exactly one of 'fraction' or 'count'")
+        if "fraction" in s:
+            f = s["fraction"]
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise SpecError(file, "sample.fraction", f"expected a number in (0, 1], got {f!r}")
+        else:
+            _int(file, "sample.count", s["count"], minimum=1)
+        _int(file, "sample.seed", s.get("seed", 0), minimum=0)
+        sample = dict(s)
+
+    probes = _table(file, doc, "probes")
+    for pname, pspec in probes.items():
+        if not isinstance(pspec, dict):
+            raise SpecError(file, f"probes.{pname}", f"expected a table, got {pspec!r}")
+
+    chunk_size = doc.get("chunk_size")
+    if chunk_size is not None:
+        chunk_size = _int(file, "chunk_size", chunk_size, minimum=1)
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(file, "description", "expected a string")
+
+    sweep = Sweep(name=name, experiment=exp, steps=steps, seeds=seeds, log=log,
+                  precision=precision, fixed=fixed, grid=grid, zip=zipped, sample=sample,
+                  probes=dict(probes), params=params, file=str(file) if file else None,
+                  source=source, description=description, chunk_size=chunk_size)
+    sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
+                 "log": dict(log_v), "precision": precision, "fixed": fixed, "grid": grid,
+                 "zip": zipped, "sample": sample, "probes": sweep.probes}
+    if sweep.n_points() == 0:
+        raise SpecError(file, "grid", "the grid is empty")
+    return sweep
+
+
+def load(path: str | Path, params_of, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and validate a sweep file from disk."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(path, None, "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(path, None, f"cannot read: {e}") from None
+    return parse(text, params_of, file=path, overrides=overrides)

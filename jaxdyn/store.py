@@ -1,0 +1,268 @@
+"""The Parquet results store: one folder per sweep, atomic part files, manifest, resume.
+
+    <out>/<name>/manifest.json          the sweep as run, its hash, versions, device, git rev
+    <out>/<name>/runs/part-*.parquet    one row per run
+    <out>/<name>/curves/part-*.parquet  one row per (run_id, logged step)
+
+A chunk's two parts share one file name. Each is written under a hidden temporary name,
+fsynced and renamed into place, curves first, runs last: a runs part is the commit record of
+its chunk. On open, leftovers of a killed writer (temporary files, a curves part without its
+runs part) are removed, and the runs already in ``runs/`` are skipped. Readers (pyarrow,
+DuckDB) ignore hidden files, so they never see a partial part.
+
+This module does not import JAX.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+PARQUET_OPTS = dict(compression="zstd", compression_level=3, write_statistics=True)
+CURVES_ROW_GROUP = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """A problem with the output folder; ``str(err)`` is the message for the user."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _write_parquet_tmp(table: pa.Table, final: Path, **kw) -> Path:
+    tmp = final.with_name(f".tmp-{final.name}")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, **PARQUET_OPTS, **kw)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class SweepStore:
+    """The output folder of one sweep, opened for writing by one process at a time."""
+
+    def __init__(self, out_root: str | Path, name: str):
+        self.root = Path(out_root)
+        self.name = name
+        self.dir = self.root / name
+        self._lock_fd: int | None = None
+
+    # ---- opening ------------------------------------------------------------------------
+    def open(self, sweep, manifest_extra: dict | None = None, *, force: bool = False) -> None:
+        """Create or reopen the folder for ``sweep``: lock it, check the manifest, clean up.
+
+        Raises StoreError if another process holds the sweep, the folder holds a different
+        sweep (unless ``force``: then the old folder is moved aside, never deleted), or the
+        folder cannot be written.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
+        if self.dir.is_symlink():
+            raise StoreError(f"{self.dir} is a symbolic link; refusing to write through it")
+        self._lock()
+        man_path = self.dir / "manifest.json"
+        if man_path.exists():
+            old = self.manifest()
+            if old.get("hash") != sweep.hash:
+                if not force:
+                    self.close()
+                    raise StoreError(
+                        f"{self.dir} holds results of a different sweep file (hash "
+                        f"{old.get('hash')}, this one {sweep.hash}). Give the sweep a new "
+                        f"'name', use --out, or pass --force to move the old results aside "
+                        f"and start again.")
+                aside = self.root / f"{self.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self.dir, aside)
+                self.moved_aside = aside
+        try:
+            (self.dir / "runs").mkdir(parents=True, exist_ok=True)
+            (self.dir / "curves").mkdir(parents=True, exist_ok=True)
+            if not man_path.exists():
+                manifest = {
+                    "schema_version": SCHEMA_VERSION,
+                    "name": sweep.name,
+                    "experiment": sweep.experiment,
+                    "hash": sweep.hash,
+                    "sweep": sweep.doc,
+                    "source": sweep.source,
+                    "source_file": sweep.file,
+                    "runs_total": sweep.n_runs(),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": platform.node(),
+                    "git_rev": git_rev(),
+                    **(manifest_extra or {}),
+                }
+                atomic_write_bytes(man_path, json.dumps(manifest, indent=2, default=str)
+                                   .encode())
+        except OSError as e:
+            self.close()
+            raise StoreError(f"cannot write to {self.dir}: {e.strerror}") from None
+        self._cleanup()
+
+    def _lock(self) -> None:
+        lock_path = self.root / f".{self.name}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot write to {self.root}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"sweep '{self.name}' in {self.root} is being run by another "
+                             f"process; wait for it to finish (jaxdyn status {self.name}) "
+                             f"or use another --out") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _cleanup(self) -> None:
+        """Remove what a killed writer left: temporary files, curves parts without runs."""
+        for sub in ("runs", "curves"):
+            for p in (self.dir / sub).glob(".tmp-*"):
+                p.unlink(missing_ok=True)
+        committed = {p.name for p in (self.dir / "runs").glob("part-*.parquet")}
+        for p in (self.dir / "curves").glob("part-*.parquet"):
+            if p.name not in committed:
+                p.unlink()
+
+    # ---- reading ------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+    def done_run_ids(self) -> set[str]:
+        done: set[str] = set()
+        for p in sorted((self.dir / "runs").glob("part-*.parquet")):
+            done.update(pq.read_table(p, columns=["run_id"]).column(0).to_pylist())
+        return done
+
+    # ---- writing ------------------------------------------------------------------------
+    def write_chunk(self, sweep, exp, group, chunk, log_steps, curves: dict, final: dict,
+                    alive: np.ndarray, diverged_step: np.ndarray, wall_s: float) -> str:
+        """Write one finished chunk as a runs part and a curves part, atomically."""
+        runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
+                                            alive, diverged_step, wall_s)
+        name = f"part-{group.index:03d}-{chunk[0].run_id}-{uuid.uuid4().hex[:6]}.parquet"
+        runs_final = self.dir / "runs" / name
+        curves_final = self.dir / "curves" / name
+        tmps: list[Path] = []
+        try:
+            tmps.append(_write_parquet_tmp(curves_tbl, curves_final,
+                                           row_group_size=CURVES_ROW_GROUP))
+            tmps.append(_write_parquet_tmp(runs_tbl, runs_final))
+            os.replace(tmps[0], curves_final)
+            _fsync_dir(curves_final.parent)
+            os.replace(tmps[1], runs_final)  # the commit point of this chunk
+            _fsync_dir(runs_final.parent)
+        except OSError as e:
+            for t in tmps:
+                t.unlink(missing_ok=True)
+            if not runs_final.exists():
+                curves_final.unlink(missing_ok=True)
+            hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+            raise StoreError(f"writing a part to {self.dir} failed{hint}: {e.strerror}; "
+                             f"completed parts are intact, re-run to resume") from None
+        return name
+
+
+def _hp_column(param, values: list) -> pa.Array:
+    t = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}[param.type]
+    return pa.array(values, type=t)
+
+
+def _metric_column(values: np.ndarray) -> pa.Array:
+    """A scalar metric as a float column; an array metric as a fixed-size list column."""
+    if values.ndim == 1:
+        return pa.array(values)
+    width = int(np.prod(values.shape[1:]))
+    flat = pa.array(values.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, diverged_step,
+                 wall_s) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables of one chunk, rows sorted by run_id (and step) for fast lookups."""
+    order = np.argsort([r.run_id for r in chunk], kind="stable")
+    runs = [chunk[i] for i in order]
+    alive = alive[order]
+    dstep = diverged_step[order]
+    n, n_log = len(runs), len(log_steps)
+    cols: dict[str, Any] = {
+        "run_id": pa.array([r.run_id for r in runs], pa.string()),
+        "group": pa.array([group.label] * n, pa.string()),
+        "seed": pa.array([r.seed for r in runs], pa.int64()),
+    }
+    for p in exp.params:
+        cols[p.name] = _hp_column(p, [r.hp[p.name] for r in runs])
+    cols["status"] = pa.array(np.where(alive, "ok", "diverged").tolist(), pa.string())
+    cols["diverged_step"] = pa.array(np.where(alive, 0, dstep), pa.int64(), mask=alive)
+    for k, v in final.items():
+        v = np.asarray(v)[order]
+        if v.ndim == 1:
+            cols[f"final_{k}"] = pa.array(v)
+    cols["wall_s"] = pa.array(np.full(n, wall_s), pa.float64())
+    runs_tbl = pa.table(cols)
+
+    ccols: dict[str, Any] = {
+        "run_id": pa.array(np.repeat([r.run_id for r in runs], n_log), pa.string()),
+        "step": pa.array(np.tile(np.asarray(log_steps, np.int64), n)),
+    }
+    for k, v in curves.items():
+        v = np.asarray(v)[order]  # (n, n_log, *shape)
+        ccols[k] = _metric_column(v.reshape((n * n_log,) + v.shape[2:]))
+    return runs_tbl, pa.table(ccols)
