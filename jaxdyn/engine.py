@@ -28,15 +28,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxdyn.experiments.base import Experiment
 from jaxdyn.spec import Run, Sweep
 
-# Float64 sweeps need x64; float32 sweeps stay float32 because every experiment creates its
-# arrays with static["dtype"] and casts hyperparameters to it.
-jax.config.update("jax_enable_x64", True)
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 #: Largest chunk chosen automatically: throughput saturates well before this on CPU and GPU.
 MAX_AUTO_CHUNK = 16384
 #: Fraction of device (or host) memory a chunk may use.
 MEMORY_FRACTION = 0.4
+#: Compiled chunks hold a multiple of this many runs per device. XLA compiles a batch of one
+#: differently (the run axis vanishes), and a different program may round differently, which
+#: chaotic edge-of-stability dynamics amplify; padding keeps every chunk on one code path.
+RUNS_PER_DEVICE_MULTIPLE = 8
 
 
 # ---- the run function --------------------------------------------------------------------
@@ -172,6 +173,7 @@ class ChunkRunner:
                                out_shardings=runs_sh)
         self._compiled = {}
         self.compile_s = 0.0
+        self.batch: int | None = None  # compiled batch of every chunk, set by choose_chunk
 
     @property
     def n_devices(self) -> int:
@@ -197,28 +199,40 @@ class ChunkRunner:
         return float(ma.temp_size_in_bytes + ma.argument_size_in_bytes
                      + 4 * ma.output_size_in_bytes)
 
+    def padded(self, n: int) -> int:
+        """The compiled batch size for a chunk of ``n`` runs."""
+        return _round_up(max(n, 1), RUNS_PER_DEVICE_MULTIPLE * self.n_devices)
+
     def choose_chunk(self, n_runs: int, override: int | None) -> int:
-        """Runs per chunk (a multiple of the device count; the last chunk is padded).
+        """Runs per chunk; the compiled batch is ``padded(chunk)`` (padding runs repeat the
+        last run and are dropped).
 
         Automatic: up to MAX_AUTO_CHUNK runs per device, at least four chunks for big
         sweeps so that writing overlaps compute, then shrunk until the compiled program fits
         MEMORY_FRACTION of the device memory. Usually one compilation, never a probe.
         """
-        nd = self.n_devices
-        if override:
-            return _round_up(max(1, min(override, n_runs)), nd)
-        size = _round_up(min(n_runs, MAX_AUTO_CHUNK * nd, max(2048 * nd, -(-n_runs // 4))), nd)
-        budget = device_memory_bytes(self.devices[0]) * MEMORY_FRACTION
-        while size > nd:
-            need = self.memory_bytes(size)
-            if need <= budget:
-                break
-            size = _round_up(max(nd, int(size * 0.9 * budget / need)), nd)
+        size = self._choose_chunk(n_runs, override)
+        self.batch = self.padded(size)
         return size
 
-    def __call__(self, runs: list[Run], size: int):
-        """Dispatch one chunk (padded to ``size``); returns device arrays without blocking."""
+    def _choose_chunk(self, n_runs: int, override: int | None) -> int:
+        nd = self.n_devices
+        if override:
+            return max(1, min(override, n_runs))
+        size = min(n_runs, MAX_AUTO_CHUNK * nd, max(2048 * nd, -(-n_runs // 4)))
+        size = self.padded(size) if size > RUNS_PER_DEVICE_MULTIPLE * nd else size
+        budget = device_memory_bytes(self.devices[0]) * MEMORY_FRACTION
+        while size > RUNS_PER_DEVICE_MULTIPLE * nd:
+            need = self.memory_bytes(self.padded(size))
+            if need <= budget:
+                break
+            size = self.padded(max(1, int(size * 0.9 * budget / need)))
+        return size
+
+    def __call__(self, runs: list[Run]):
+        """Dispatch one chunk (padded); returns device arrays without blocking."""
         n = len(runs)
+        size = self.batch or self.padded(n)
         pad = size - n
         dyn = {k: np.asarray([r.hp[k] for r in runs] + [runs[-1].hp[k]] * pad, np.float64)
                for k in self.dyn_names}
@@ -266,16 +280,16 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
         runner = ChunkRunner(exp, sweep, g, probes)
         size = runner.choose_chunk(len(g.runs), chunk_size or sweep.chunk_size)
         for c in chunks_of(g, size, runner.per_seed):
-            work.append((runner, g, c, size))
+            work.append((runner, g, c))
     if progress:
         progress("start", total_runs=len(pending), total_chunks=len(work))
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdyn-writer")
     pending_write: Future | None = None
     try:
-        for i, (runner, g, chunk, size) in enumerate(work):
+        for i, (runner, g, chunk) in enumerate(work):
             tc = time.perf_counter()
-            out = runner(chunk, size)  # async dispatch: computes while the last chunk writes
+            out = runner(chunk)  # async dispatch: computes while the last chunk writes
             jax.block_until_ready(out)
             wall = time.perf_counter() - tc
             if pending_write is not None:

@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import jax
+
 from jaxdyn.spec import Param
+
+# Float64 sweeps need x64. Float32 sweeps stay float32 because every experiment creates its
+# arrays with static["dtype"] and the engine casts hyperparameters to it.
+jax.config.update("jax_enable_x64", True)
 
 
 @dataclass(frozen=True)

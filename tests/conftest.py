@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def write_sweep(tmp_path):
+    """Write a sweep file from TOML text; returns its path."""
+
+    def _write(text: str, name: str = "sweep.toml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text))
+        return p
+
+    return _write
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``jaxdyn ARGS`` in-process; returns (exit status, stdout, stderr)."""
+    from jaxdyn.cli import main
+
+    def _run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _run
+
+
+def run_subprocess(args, env_extra=None, **kw):
+    """``python -m jaxdyn ARGS`` in a fresh process (for multi-device and kill tests)."""
+    env = {**os.environ, **(env_extra or {})}
+    env.setdefault("JAXDYN_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                           "jaxdyn-test-cache"))
+    return subprocess.run([sys.executable, "-m", "jaxdyn", *map(str, args)], env=env,
+                          capture_output=True, text=True, cwd=ROOT, **kw)
