@@ -51,22 +51,46 @@ def _freeze(ok, new, old):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+def probe_schedule(log_steps: np.ndarray, every: int) -> np.ndarray:
+    """Which log points a probe runs at: step 0, every logged step at least ``every`` steps
+    after the previous probe, and the last step."""
+    flags = np.zeros(len(log_steps), bool)
+    last = None
+    for j, s in enumerate(log_steps):
+        if last is None or s - last >= every or j == len(log_steps) - 1:
+            flags[j] = True
+            last = s
+    return flags
+
+
+def _nan_like(tree):
+    return jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), tree)
+
+
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
-                probes: Sequence = ()) -> Callable:
-    """One run as a pure function ``run(dyn, seed, data) -> (curves, alive, diverged_step)``.
+                probes: Sequence[tuple] = ()) -> Callable:
+    """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
 
     ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
     ``(len(log_steps),) + metric shape``; values logged after a divergence are NaN.
     A run whose state turns NaN/inf is frozen at its last finite state.
+    ``probes``: ``(Probe, opts)`` pairs; a probe's columns are NaN where it did not run.
     """
     starts = np.asarray(log_steps[:-1], np.int64)
     lengths = np.asarray(np.diff(log_steps), np.int64)
     dt = static["dtype"]
+    flags = np.stack([probe_schedule(log_steps, int(o["every"])) for _, o in probes], 1) \
+        if probes else np.zeros((len(log_steps), 0), bool)
 
-    def measure(state, hp, data, step):
+    def measure(state, hp, data, probe_flags):
         m = dict(exp.measure(state, static, hp, data))
-        for probe in probes:
-            m.update(probe(exp, state, static, hp, data, step))
+        for j, (probe, opts) in enumerate(probes):
+            def run_probe(state=state, probe=probe, opts=opts):
+                return probe.fn(exp, state, static, hp, data, opts)
+            shapes = jax.eval_shape(run_probe)
+            # the flag is not batched, so under vmap this stays a real branch: the probe's
+            # cost is paid only where it runs
+            m.update(jax.lax.cond(probe_flags[j], run_probe, lambda s=shapes: _nan_like(s)))
         return m
 
     def run(dyn, seed, data):
@@ -77,10 +101,10 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             data = exp.make_data(k_data, static)
         state0 = exp.init(k_init, static, hp, data)
         alive0 = _all_finite(state0)
-        m0 = measure(state0, hp, data, 0)
+        m0 = measure(state0, hp, data, flags[0])
 
         def segment(carry, seg):
-            start, n = seg
+            start, n, probe_flags = seg
 
             def body(i, c):
                 state, alive, dstep = c
@@ -91,17 +115,17 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
 
             carry = jax.lax.fori_loop(start, start + n, body, carry)
             state, alive, _ = carry
-            m = measure(state, hp, data, start + n)
+            m = measure(state, hp, data, probe_flags)
             m = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
             return carry, m
 
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64))
-        (state, alive, dstep), ms = jax.lax.scan(segment, carry0, (starts, lengths))
+        (state, alive, dstep), ms = jax.lax.scan(segment, carry0, (starts, lengths, flags[1:]))
         curves = {k: jnp.concatenate([jnp.where(alive0, m0[k], jnp.nan)[None], ms[k]])
                   for k in m0}
         # The final state is the last finite one, so final metrics of a diverged run are
-        # its values just before divergence.
-        final = measure(state, hp, data, static["steps"])
+        # its values just before divergence. Probes are not recomputed for it.
+        final = dict(exp.measure(state, static, hp, data))
         return curves, final, alive, dstep
 
     return run

@@ -7,12 +7,20 @@ family's imports.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
-from jaxdyn.experiments.base import Experiment, Metric
+from jaxdyn.experiments.base import Experiment, Metric, Probe
 
 #: experiment name -> module that defines it (as a module-level ``EXPERIMENTS`` dict).
 _MODULES = {
     "eos.mean_model": "jaxdyn.experiments.eos",
+    "eos.single_neuron": "jaxdyn.experiments.eos",
+    "eos.threshold_relu": "jaxdyn.experiments.eos",
+    "dc.neuron": "jaxdyn.experiments.dc",
+    "relu.teacher_student": "jaxdyn.experiments.relu",
+    "bottleneck.three_layer": "jaxdyn.experiments.bottleneck",
+    "bottleneck.one_d": "jaxdyn.experiments.bottleneck",
+    "toy.ring": "jaxdyn.experiments.bottleneck",
 }
 
 
@@ -27,14 +35,15 @@ def register(exp: Experiment) -> Experiment:
 
 
 def names() -> list[str]:
-    return sorted({*_MODULES, *_REGISTERED})
+    present = {n for n, m in _MODULES.items() if importlib.util.find_spec(m) is not None}
+    return sorted(present | set(_REGISTERED))
 
 
 def get(name: str) -> Experiment:
     """The experiment called ``name``; KeyError(name, known names) if there is none."""
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name not in _MODULES:
+    if name not in names():
         raise KeyError(name, names())
     return importlib.import_module(_MODULES[name]).EXPERIMENTS[name]
 
@@ -43,4 +52,4 @@ def params_of(name: str):
     return get(name).params
 
 
-__all__ = ["Experiment", "Metric", "get", "names", "params_of", "register"]
+__all__ = ["Experiment", "Metric", "Probe", "get", "names", "params_of", "register"]

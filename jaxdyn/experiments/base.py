@@ -35,6 +35,24 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A metric too costly to compute at every log point, asked for by the sweep file::
+
+        probes = { sharpness = { every = 500, k = 2 } }
+
+    ``fn(exp, state, static, hp, data, opts) -> {column: scalar or small array}``, with
+    ``opts`` the sweep's table merged over ``defaults``. The engine calls it at step 0, at
+    every logged step at least ``every`` steps after its previous call, and at the last step;
+    elsewhere its columns are NaN.
+    """
+
+    name: str
+    doc: str
+    fn: Callable[..., dict]
+    defaults: dict = field(default_factory=lambda: {"every": 1})
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     doc: str
@@ -47,6 +65,8 @@ class Experiment:
     #: loss(params, static, hp, data) -> scalar and params(state) -> pytree, for probes
     loss: Callable[..., Any] | None = None
     params_of_state: Callable[[Any], Any] | None = None
+    #: probes specific to this experiment (generic ones, like sharpness, live in probes.py)
+    probes: tuple[Probe, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
