@@ -110,6 +110,10 @@ def cmd_run(args) -> int:
 
     _setup_compilation_cache()
     exp = experiments.get(sweep.experiment)
+    try:
+        probes = engine.resolve_probes(sweep, exp)
+    except spec.SpecError as e:
+        return _err(str(e))
     store = SweepStore(args.out, sweep.name)
     extra = {"jaxdyn_version": _version(), "jax_version": jax.__version__,
              "device": engine.device_description()}
@@ -122,7 +126,7 @@ def cmd_run(args) -> int:
     progress = _Progress(sweep, args.quiet)
     try:
         summary = engine.run_sweep(sweep, exp, store, chunk_size=args.chunk_size,
-                                   progress=progress)
+                                   progress=progress, probes=probes)
     except StoreError as e:
         return _err(str(e))
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdyn.experiments.base import Experiment
-from jaxdyn.spec import Run, Sweep
+from jaxdyn.spec import Run, SpecError, Sweep
 
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -129,6 +129,37 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         return curves, final, alive, dstep
 
     return run
+
+
+def resolve_probes(sweep: Sweep, exp: Experiment) -> list[tuple]:
+    """The sweep's ``probes`` table as ``(Probe, opts)`` pairs; SpecError if it asks for an
+    unknown probe or option."""
+    from jaxdyn.probes import GENERIC
+
+    known = {**{p.name: p for p in exp.probes}}
+    if exp.loss is not None and exp.params_of_state is not None:
+        known = {**GENERIC, **known}
+    out = []
+    for name, opts in sweep.probes.items():
+        if name not in known:
+            raise SpecError(sweep.file, f"probes.{name}",
+                            f"unknown probe for {exp.name}; available: {sorted(known)}")
+        probe = known[name]
+        for k, v in opts.items():
+            if k not in probe.defaults:
+                raise SpecError(sweep.file, f"probes.{name}.{k}",
+                                f"unknown option; expected one of {sorted(probe.defaults)}")
+            want = type(probe.defaults[k])
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, want) or isinstance(v, bool) != (want is bool):
+                raise SpecError(sweep.file, f"probes.{name}.{k}",
+                                f"expected {want.__name__}, got {v!r}")
+        merged = {**probe.defaults, **opts}
+        if int(merged["every"]) < 1:
+            raise SpecError(sweep.file, f"probes.{name}.every", "expected an integer >= 1")
+        out.append((probe, merged))
+    return out
 
 
 # ---- planning ----------------------------------------------------------------------------
@@ -289,9 +320,11 @@ def device_description() -> str:
 
 # ---- the sweep loop ----------------------------------------------------------------------
 def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = None,
-              progress: Callable | None = None, probes=()) -> dict:
+              progress: Callable | None = None, probes=None) -> dict:
     """Run every run of ``sweep`` not already in ``store``; returns a summary dict."""
     t0 = time.perf_counter()
+    if probes is None:
+        probes = resolve_probes(sweep, exp)
     all_runs = sweep.runs()
     done = store.done_run_ids()
     pending = [r for r in all_runs if r.run_id not in done]

@@ -93,7 +93,7 @@ def crossing(lr, b, threshold=-0.01):
 
 
 def test_phase_transition_at_8pi_over_d2(cli, write_sweep, tmp_path):
-    """For each d, final b ≈ 0 well below η* = 8π/d², clearly negative well above, and the
+    """For each d in {50, 100, 200, 400}, final b ≈ 0 well below η* = 8π/d², clearly negative well above, and the
     η where it turns lands within 5 % of η*."""
     path = write_sweep("""
         name = "phase"
@@ -104,8 +104,8 @@ def test_phase_transition_at_8pi_over_d2(cli, write_sweep, tmp_path):
         [fixed]
         init_scale = 0.01
         [grid]
-        d = [50, 100, 200]
-        lr = { start = 3.0e-4, stop = 2.1e-2, num = 240, spacing = "log" }
+        d = [50, 100, 200, 400]
+        lr = { start = 7.5e-5, stop = 2.1e-2, num = 420, spacing = "log" }
     """)
     code, _, err = cli("run", path, "--out", tmp_path, "--quiet")
     assert code == 0, err

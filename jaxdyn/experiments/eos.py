@@ -1,5 +1,14 @@
 """Edge of stability and threshold neurons (SCIENCE.md §1; seed 002).
 
+``eos.single_neuron`` (§1a): GD on f(x, y) = ℓ(x·y), ℓ convex, even, Lipschitz, ℓ''(0) = 1.
+Gradient flow conserves y² − x²; near the y-axis the sharpness is ≈ y². GD with step η
+converges near (0, sqrt(y0² − x0²)) when y0² − x0² < 2/η (gradient-flow regime); otherwise x
+bounces across the axis while y² shrinks until the sharpness is just below 2/η (EoS regime).
+
+``eos.threshold_relu`` (§1b): the three-parameter ReLU network
+f(x) = Σ_i [a− σ(−x_i + b) + a+ σ(x_i + b)] on sparse-coding data x = λ·y·e_j + ξ, trained
+with the logistic loss. Large steps (EoS) drive the bias b negative: a threshold neuron.
+
 ``eos.mean_model`` (§1c): gradient descent on the three parameters (a−, a+, b) of
 
     F(a−, a+, b) = ℓ_sym(d·(a− + a+)·g(b)),
@@ -112,4 +121,187 @@ mean_model = Experiment(
     params_of_state=lambda state: state["params"],
 )
 
-EXPERIMENTS = {mean_model.name: mean_model}
+
+# ---- eos.single_neuron -----------------------------------------------------------------------
+def _logcosh(s):
+    a = jnp.abs(s)
+    return a + jnp.log1p(jnp.exp(-2.0 * a)) - jnp.log(2.0)
+
+
+def _sqrt_link(s):
+    return jnp.sqrt(1.0 + s * s) - 1.0
+
+
+def _arctan_link(s):
+    """ℓ(s) = s·arctan(s) − ½·log(1 + s²): ℓ' = arctan s (Lipschitz), ℓ'' = 1/(1 + s²)."""
+    return s * jnp.arctan(s) - 0.5 * jnp.log1p(s * s)
+
+
+LINKS = {"logcosh": _logcosh, "sqrt": _sqrt_link, "arctan": _arctan_link}
+
+
+def top_eig_2x2(a, b, c):
+    """Largest eigenvalue of the symmetric matrix [[a, b], [b, c]]."""
+    return 0.5 * (a + c) + jnp.sqrt(0.25 * (a - c) ** 2 + b * b)
+
+
+def single_neuron_loss(params, link: str):
+    return LINKS[link](params["x"] * params["y"])
+
+
+def single_neuron_sharpness(params, link: str):
+    """Top eigenvalue of the exact 2×2 Hessian of ℓ(xy):
+    [[ℓ''·y², ℓ''·xy + ℓ'], [ℓ''·xy + ℓ', ℓ''·x²]] at s = xy."""
+    x, y = params["x"], params["y"]
+    s = x * y
+    d1 = jax.grad(LINKS[link])(s)
+    d2 = jax.grad(jax.grad(LINKS[link]))(s)
+    return top_eig_2x2(d2 * y * y, d2 * s + d1, d2 * x * x)
+
+
+def _sn_init(key, static, hp, data):
+    dt = static["dtype"]
+    k1, k2 = jax.random.split(key)
+    params = {"x": hp["x0"] + hp["perturb"] * jax.random.normal(k1, (), dt),
+              "y": hp["y0"] + hp["perturb"] * jax.random.normal(k2, (), dt)}
+    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+
+
+def _sn_step(state, key, static, hp, data):
+    opt = optax.sgd(hp["lr"])
+    grads = jax.grad(single_neuron_loss)(state["params"], static["link"])
+    updates, opt_state = opt.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
+
+
+def _sn_measure(state, static, hp, data):
+    p = state["params"]
+    sharp = single_neuron_sharpness(p, static["link"])
+    return {"x": p["x"], "y": p["y"], "loss": single_neuron_loss(p, static["link"]),
+            "sharpness": sharp, "conserved": p["y"] ** 2 - p["x"] ** 2,
+            "eta_sharpness": 0.5 * hp["lr"] * sharp}
+
+
+single_neuron = Experiment(
+    name="eos.single_neuron",
+    doc="GD on ℓ(x·y); gradient-flow regime if y0² − x0² < 2/η, else EoS with sharpness → 2/η.",
+    params=(
+        Param("lr", 0.1, float, doc="GD step size η"),
+        Param("x0", 0.3, float, doc="initial x"),
+        Param("y0", 3.0, float, doc="initial y"),
+        Param("perturb", 0.0, float, doc="x(0), y(0) += perturb·N(0, 1) from the seed"),
+        Param("link", "logcosh", str, static=True, choices=tuple(LINKS),
+              doc="ℓ: log cosh s, sqrt(1+s²)−1, or s·arctan s − ½log(1+s²)"),
+    ),
+    metrics=(
+        Metric("x"), Metric("y"), Metric("loss", "ℓ(xy)"),
+        Metric("sharpness", "top eigenvalue of the exact 2×2 Hessian"),
+        Metric("conserved", "y² − x² (conserved by gradient flow)"),
+        Metric("eta_sharpness", "η·sharpness/2 (1 at the edge of stability)"),
+    ),
+    init=_sn_init, step=_sn_step, measure=_sn_measure,
+    loss=lambda params, static, hp, data: single_neuron_loss(params, static["link"]),
+    params_of_state=lambda state: state["params"],
+)
+
+
+# ---- eos.threshold_relu ----------------------------------------------------------------------
+def _tr_make_data(key, static):
+    """Sparse-coding data of one seed, shared by all its runs: labels y ∈ {±1}, the signal
+    coordinate j and the noise ξ ~ N(0, I_d). The signal λ is dynamic, so x = λ·y·e_j + ξ is
+    never materialised: the network adds the signal term to coordinate j on the fly."""
+    dt = static["dtype"]
+    n = static["n_train"] + static["n_test"]
+    ky, kj, kx = jax.random.split(key, 3)
+    y = jnp.where(jax.random.bernoulli(ky, 0.5, (n,)), 1.0, -1.0).astype(dt)
+    j = jax.random.randint(kj, (n,), 0, static["d"])
+    xi = jax.random.normal(kx, (n, static["d"]), dt)
+    return {"y": y, "j": j, "xi": xi, "xi_j": jnp.take_along_axis(xi, j[:, None], 1)[:, 0]}
+
+
+def _relu_pair(a_minus, a_plus, b, x):
+    return a_minus * jax.nn.relu(-x + b) + a_plus * jax.nn.relu(x + b)
+
+
+def threshold_relu_output(params, lam, data, sl=slice(None)):
+    """f(x) = Σ_i [a− σ(−x_i + b) + a+ σ(x_i + b)] for x = λ·y·e_j + ξ, shape (n,)."""
+    am, ap, b = params["a_minus"], params["a_plus"], params["b"]
+    xi, y, xi_j = data["xi"][sl], data["y"][sl], data["xi_j"][sl]
+    noise = _relu_pair(am, ap, b, xi).sum(-1)
+    # replace coordinate j's noise-only term by its signal-plus-noise term
+    return noise - _relu_pair(am, ap, b, xi_j) + _relu_pair(am, ap, b, xi_j + lam * y)
+
+
+def threshold_relu_loss(params, static, hp, data, idx=None):
+    """Mean logistic loss on the training set (or on the rows ``idx`` of it)."""
+    sl = slice(0, static["n_train"])
+    f = threshold_relu_output(params, hp["lam"], data, sl)
+    y = data["y"][sl]
+    losses = jax.nn.softplus(-y * f)
+    if idx is not None:
+        return losses[idx].mean()
+    return losses.mean()
+
+
+def _tr_init(key, static, hp, data):
+    dt = static["dtype"]
+    k1, k2 = jax.random.split(key)
+    params = {"a_minus": hp["init_scale"] * jax.random.normal(k1, (), dt),
+              "a_plus": hp["init_scale"] * jax.random.normal(k2, (), dt),
+              "b": hp["b0"] * jnp.ones((), dt)}
+    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+
+
+def _tr_step(state, key, static, hp, data):
+    opt = optax.sgd(hp["lr"])
+    if static["batch"] > 0:  # SGD: a minibatch drawn with replacement from the step key
+        idx = jax.random.randint(key, (static["batch"],), 0, static["n_train"])
+        grads = jax.grad(threshold_relu_loss)(state["params"], static, hp, data, idx)
+    else:
+        grads = jax.grad(threshold_relu_loss)(state["params"], static, hp, data)
+    updates, opt_state = opt.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
+
+
+def _tr_measure(state, static, hp, data):
+    p = state["params"]
+    loss_fn = lambda q: threshold_relu_loss(q, static, hp, data)  # noqa: E731
+    flat = jnp.stack([p["a_minus"], p["a_plus"], p["b"]])
+    unflat = lambda v: {"a_minus": v[0], "a_plus": v[1], "b": v[2]}  # noqa: E731
+    H = jax.hessian(lambda v: loss_fn(unflat(v)))(flat)
+    test = slice(static["n_train"], None)
+    f_test = threshold_relu_output(p, hp["lam"], data, test)
+    return {
+        "loss": loss_fn(p),
+        "test_acc": jnp.mean((f_test * data["y"][test]) > 0).astype(static["dtype"]),
+        "b": p["b"],
+        "a_sum": static["d"] * (p["a_minus"] + p["a_plus"]),
+        "a_diff": p["a_plus"] - p["a_minus"],
+        "sharpness": jnp.linalg.eigvalsh(0.5 * (H + H.T))[-1],
+    }
+
+
+threshold_relu = Experiment(
+    name="eos.threshold_relu",
+    doc="f(x) = Σ_i a−σ(−x_i+b) + a+σ(x_i+b) on sparse-coding data; large η learns b < 0.",
+    params=(
+        Param("lr", 2.5e-3, float, doc="step size η"),
+        Param("lam", 5.0, float, doc="signal strength λ > 1"),
+        Param("init_scale", 0.01, float, doc="a−(0), a+(0) ~ init_scale·N(0, 1)"),
+        Param("b0", 0.0, float, doc="initial bias"),
+        Param("d", 200, int, static=True, doc="dimension"),
+        Param("n_train", 1000, int, static=True, doc="training samples"),
+        Param("n_test", 1000, int, static=True, doc="test samples"),
+        Param("batch", 0, int, static=True, doc="0: full-batch GD; else SGD minibatch size"),
+    ),
+    metrics=(
+        Metric("loss", "train logistic loss"), Metric("test_acc", "test accuracy"),
+        Metric("b", "bias"), Metric("a_sum", "d·(a− + a+)"), Metric("a_diff", "a+ − a−"),
+        Metric("sharpness", "top eigenvalue of the exact 3×3 Hessian of the train loss"),
+    ),
+    init=_tr_init, step=_tr_step, measure=_tr_measure, make_data=_tr_make_data,
+    loss=lambda params, static, hp, data: threshold_relu_loss(params, static, hp, data),
+    params_of_state=lambda state: state["params"],
+)
+
+EXPERIMENTS = {e.name: e for e in (mean_model, single_neuron, threshold_relu)}

@@ -1,0 +1,243 @@
+"""Edge-of-stability family: the sharpness probe against dense eigvalsh, the single neuron's
+two regimes, the threshold ReLU network against NumPy and the seed's Figure 2, the notebook."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+import jaxdyn
+from jaxdyn import probes
+from jaxdyn.experiments import eos
+
+from notebook_runner import execute_notebook
+
+
+# ---- the sharpness probe ---------------------------------------------------------------------
+@pytest.mark.parametrize("n,seed", [(5, 0), (12, 1), (40, 2), (80, 3)])
+def test_lanczos_matches_dense_eigvalsh_on_random_problems(n, seed):
+    """f(x) = ½xᵀAx + ¼Σ c_i x_i⁴ with random A: its Hessian at a random point is dense."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(n, n))
+    A = jnp.asarray(M + M.T)
+    c = jnp.asarray(rng.uniform(0, 1, n))
+    x = {"x": jnp.asarray(rng.normal(size=n))}
+
+    def f(p):
+        return 0.5 * p["x"] @ A @ p["x"] + 0.25 * jnp.sum(c * p["x"] ** 4)
+
+    H = np.asarray(A) + np.diag(3 * np.asarray(c) * np.asarray(x["x"]) ** 2)
+    ref = np.sort(np.linalg.eigvalsh(H))[::-1][:3]
+    got = probes.sharpness_topk(f, x, k=3, method="lanczos", iters=min(n, 40))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    np.testing.assert_allclose(probes.dense_topk(f, x, 3), ref, rtol=1e-10)
+
+
+def test_lanczos_on_mlp_with_3000_parameters():
+    ks = jax.random.split(jax.random.PRNGKey(1), 5)
+    X = jax.random.normal(ks[0], (64, 20), jnp.float64)
+    Y = jnp.sin(X[:, :1])
+    p = {"W1": jax.random.normal(ks[1], (20, 100), jnp.float64) / np.sqrt(20),
+         "b1": jnp.zeros(100, jnp.float64),
+         "W2": jax.random.normal(ks[2], (100, 10), jnp.float64) / 10,
+         "W3": jax.random.normal(ks[3], (10, 1), jnp.float64) / 3}
+
+    def f(q):
+        h = jnp.tanh(jnp.tanh(X @ q["W1"] + q["b1"]) @ q["W2"])
+        return 0.5 * jnp.mean((h @ q["W3"] - Y) ** 2)
+
+    n = sum(v.size for v in jax.tree.leaves(p))
+    assert n >= 3000
+    flat, unravel = jax.flatten_util.ravel_pytree(p)
+    H = np.asarray(jax.hessian(lambda v: f(unravel(v)))(flat))
+    ref = np.sort(np.linalg.eigvalsh(0.5 * (H + H.T)))[::-1][:2]
+    got = probes.sharpness_topk(f, p, k=2, method="lanczos", iters=30)
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
+
+
+def test_probe_in_a_sweep_runs_on_its_own_schedule(cli, write_sweep, tmp_path):
+    path = write_sweep("""
+        name = "probe"
+        experiment = "eos.mean_model"
+        steps = 1000
+        log = { every = 50 }
+        precision = "float64"
+        probes = { sharpness = { every = 200, k = 2, method = "lanczos", iters = 3 } }
+        [grid]
+        lr = [1e-3, 4e-3]
+    """)
+    code, _, err = cli("run", path, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    c = jaxdyn.load(tmp_path / "probe").curves()
+    have = c.dropna(subset=["sharpness_1"])
+    assert sorted(set(have.step)) == [0, 200, 400, 600, 800, 1000]
+    assert c[~c.step.isin(have.step)].sharpness_1.isna().all()
+    # Lanczos on HVPs equals the closed-form top eigenvalue of the 3x3 Hessian
+    np.testing.assert_allclose(have.sharpness_1, have.sharpness, rtol=1e-8)
+    assert (have.sharpness_2 <= have.sharpness_1 + 1e-12).all()
+
+
+@pytest.mark.parametrize("bad,key", [
+    ('{ sharpnes = { every = 10 } }', "probes.sharpnes"),
+    ('{ sharpness = { every = 10, kk = 2 } }', "probes.sharpness.kk"),
+    ('{ sharpness = { every = "often" } }', "probes.sharpness.every"),
+])
+def test_bad_probe_requests_exit_2(bad, key, cli, write_sweep, tmp_path):
+    path = write_sweep(f"""
+        name = "p"
+        experiment = "eos.mean_model"
+        steps = 10
+        probes = {bad}
+    """)
+    code, _, err = cli("run", path, "--out", tmp_path / "o")
+    assert code == 2 and f"'{key}'" in err and str(path) in err
+    assert not (tmp_path / "o").exists()
+
+
+# ---- single neuron -----------------------------------------------------------------------------
+@pytest.mark.parametrize("link", list(eos.LINKS))
+def test_single_neuron_sharpness_matches_finite_differences(link):
+    rng = np.random.default_rng(0)
+    f = eos.LINKS[link]
+    for _ in range(10):
+        x, y = rng.normal(0, 2, 2)
+        p = {"x": jnp.float64(x), "y": jnp.float64(y)}
+        h = 1e-4
+
+        def grad(v):
+            g = jax.grad(lambda q: f(q[0] * q[1]))(jnp.asarray(v))
+            return np.asarray(g)
+
+        H = np.stack([(grad([x + h, y]) - grad([x - h, y])) / (2 * h),
+                      (grad([x, y + h]) - grad([x, y - h])) / (2 * h)], 1)
+        ref = np.linalg.eigvalsh(0.5 * (H + H.T))[-1]
+        assert float(eos.single_neuron_sharpness(p, link)) == pytest.approx(ref, rel=1e-6)
+        # the second derivative at 0 is 1 for every link (the seed's normalisation)
+        assert float(jax.grad(jax.grad(f))(0.0)) == pytest.approx(1.0)
+
+
+def test_single_neuron_regimes(cli, write_sweep, tmp_path):
+    """GF regime (ratio (y0²−x0²)η/2 < 1, small η): y∞² within 2 % of y0² − x0².
+    EoS regime (ratio > 1): limiting sharpness in [0.85, 1.0]·2/η."""
+    path = write_sweep("""
+        name = "sn"
+        experiment = "eos.single_neuron"
+        steps = 20000
+        seeds = 3
+        log = { points = 20, spacing = "log" }
+        precision = "float64"
+        [fixed]
+        x0 = 0.3
+        perturb = 0.01
+        [grid]
+        link = ["logcosh", "sqrt"]
+        lr = [0.02, 0.05, 0.1, 0.25]
+        y0 = { start = 1.0, stop = 16.0, num = 40, spacing = "log" }
+    """)
+    code, _, err = cli("run", path, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    res = jaxdyn.load(tmp_path / "sn")
+    c0 = res.curves(columns=["conserved"], where=ds.field("step") == 0)
+    r = res.runs.merge(c0.rename(columns={"conserved": "c0"})[["run_id", "c0"]], on="run_id")
+    assert (r.status == "ok").all() and len(r) == len(res.runs)
+    # y(0)² − x(0)² of the perturbed start, as logged at step 0
+    ratio = r.c0 * r.lr / 2
+    gf = r[(ratio <= 0.8) & (r.lr <= 0.1)]
+    eos_ = r[(ratio >= 1.2) & (ratio <= 5)]
+    assert len(gf) > 50 and len(eos_) > 50
+    gf_err = np.abs(gf.final_y**2 / gf.c0 - 1)
+    print(f"GF regime: max |y∞²/(y0²−x0²) − 1| = {gf_err.max():.4f} ({len(gf)} runs)")
+    assert gf_err.max() < 0.02
+    es = eos_.final_sharpness * eos_.lr / 2
+    print(f"EoS regime: sharpness·η/2 in [{es.min():.4f}, {es.max():.4f}] ({len(eos_)} runs)")
+    assert es.min() >= 0.85 and es.max() <= 1.0
+    # the conserved quantity is what GD drifts from: exactly y² − x² in the table
+    np.testing.assert_allclose(r.final_conserved, r.final_y**2 - r.final_x**2, rtol=1e-9)
+
+
+# ---- threshold ReLU ------------------------------------------------------------------------------
+def np_threshold_relu(am, ap, b, lam, xi, y, j):
+    x = xi.copy()
+    x[np.arange(len(y)), j] += lam * y
+    f = (am * np.maximum(-x + b, 0) + ap * np.maximum(x + b, 0)).sum(1)
+    return np.mean(np.logaddexp(0, -y * f))
+
+
+def test_threshold_relu_loss_and_gradient_match_numpy():
+    static = {"d": 30, "n_train": 64, "n_test": 16, "dtype": jnp.float64, "batch": 0}
+    data = eos._tr_make_data(jax.random.PRNGKey(3), static)
+    xi, y, j = (np.asarray(data[k]) for k in ("xi", "y", "j"))
+    assert set(np.unique(y)) == {-1.0, 1.0} and j.min() >= 0 and j.max() < 30
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        am, ap, b = rng.normal(0, 0.3, 3)
+        lam = rng.uniform(1, 6)
+        p = {"a_minus": jnp.float64(am), "a_plus": jnp.float64(ap), "b": jnp.float64(b)}
+        hp = {"lam": jnp.float64(lam)}
+        ref = np_threshold_relu(am, ap, b, lam, xi[:64], y[:64], j[:64])
+        assert float(eos.threshold_relu_loss(p, static, hp, data)) == pytest.approx(ref, rel=1e-12)
+        g = jax.grad(eos.threshold_relu_loss)(p, static, hp, data)
+        h = 1e-6
+        for k, i in (("a_minus", 0), ("a_plus", 1), ("b", 2)):
+            e = np.zeros(3)
+            e[i] = h
+            fd = (np_threshold_relu(*(np.array([am, ap, b]) + e), lam, xi[:64], y[:64], j[:64])
+                  - np_threshold_relu(*(np.array([am, ap, b]) - e), lam, xi[:64], y[:64],
+                                      j[:64])) / (2 * h)
+            assert float(g[k]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_threshold_relu_large_step_learns_threshold(cli, write_sweep, tmp_path):
+    """Seed Figure 2 at d = 200: after 1500 steps only η = 2.5e-3 has a clearly negative bias,
+    and only its loss is non-monotone."""
+    path = write_sweep("""
+        name = "tr"
+        experiment = "eos.threshold_relu"
+        steps = 1500
+        seeds = 2
+        log = { every = 5 }
+        [fixed]
+        d = 200
+        n_train = 400
+        n_test = 200
+        lam = 5.0
+        [grid]
+        lr = [2.5e-5, 2.5e-4, 2.5e-3]
+    """)
+    code, _, err = cli("run", path, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    res = jaxdyn.load(tmp_path / "tr")
+    r = res.runs
+    by = r.groupby("lr").final_b
+    print("final b by lr:", by.mean().to_dict())
+    assert by.max()[2.5e-3] < -0.5
+    assert by.min()[2.5e-5] > -0.01 and by.min()[2.5e-4] > -0.05
+    c = res.curves(columns=["loss"]).merge(r[["run_id", "lr"]], on="run_id")
+    for lr, g in c.groupby("lr"):
+        rises = [np.diff(gg.sort_values("step").loss.to_numpy()).max()
+                 for _, gg in g.groupby("run_id")]
+        if lr == 2.5e-3:
+            assert min(rises) > 1e-3, rises  # the loss goes up, then down again
+        if lr == 2.5e-5:
+            assert max(rises) <= 0, rises  # monotone
+
+
+def test_edge_of_stability_notebook(cli, write_sweep, tmp_path):
+    runs = [
+        ("sweeps/eos_mean_model.toml", ["grid.lr={start=1e-4,stop=1e-1,num=48,spacing='log'}",
+                                        "seeds=1", "steps=3000", "log.every=500"]),
+        ("sweeps/eos_single_neuron.toml", ["grid.y0={start=1.0,stop=16.0,num=12,spacing='log'}",
+                                           "seeds=1", "steps=3000"]),
+        ("sweeps/eos_threshold_relu.toml", ["seeds=1", "steps=300", "n_train=100",
+                                            "n_test=100", "d=50", "log.every=20"]),
+    ]
+    from conftest import ROOT
+
+    for f, sets in runs:
+        args = ["run", ROOT / f, "--out", tmp_path, "--quiet"]
+        for s in sets:
+            args += ["--set", s]
+        code, _, err = cli(*args)
+        assert code == 0, err
+    execute_notebook("edge_of_stability.ipynb", tmp_path)
