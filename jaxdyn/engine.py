@@ -68,7 +68,7 @@ def _nan_like(tree):
 
 
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
-                probes: Sequence[tuple] = ()) -> Callable:
+                probes: Sequence[tuple] = (), unroll: int = 1) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
 
     ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
@@ -113,7 +113,15 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 return (_freeze(ok, new, state), ok,
                         jnp.where(alive & ~ok, i + 1, dstep))
 
-            carry = jax.lax.fori_loop(start, start + n, body, carry)
+            def body_unrolled(j, c):
+                for u in range(unroll):
+                    c = body(start + j * unroll + u, c)
+                return c
+
+            # Several steps per loop iteration let XLA fuse them into one kernel that keeps
+            # small per-run states in registers; the remainder runs one step at a time.
+            carry = jax.lax.fori_loop(0, n // unroll, body_unrolled, carry)
+            carry = jax.lax.fori_loop(start + (n // unroll) * unroll, start + n, body, carry)
             state, alive, _ = carry
             m = measure(state, hp, data, probe_flags)
             m = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}

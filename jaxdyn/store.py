@@ -66,7 +66,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _write_parquet_tmp(table: pa.Table, final: Path, **kw) -> Path:
     tmp = final.with_name(f".tmp-{final.name}")
     with open(tmp, "wb") as f:
-        pq.write_table(table, f, **PARQUET_OPTS, **kw)
+        # no Arrow schema in the file: readers see plain Parquet types (run_id a string)
+        pq.write_table(table, f, store_schema=False, **PARQUET_OPTS, **kw)
         f.flush()
         os.fsync(f.fileno())
     return tmp
@@ -258,8 +259,12 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
     cols["wall_s"] = pa.array(np.full(n, wall_s), pa.float64())
     runs_tbl = pa.table(cols)
 
+    # run_id repeats n_log times: build it as a dictionary column (cheap), stored as a plain
+    # string column (Parquet dictionary-encodes it anyway; store_schema=False on write).
     ccols: dict[str, Any] = {
-        "run_id": pa.array(np.repeat([r.run_id for r in runs], n_log), pa.string()),
+        "run_id": pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(np.arange(n, dtype=np.int32), n_log)),
+            pa.array([r.run_id for r in runs], pa.string())),
         "step": pa.array(np.tile(np.asarray(log_steps, np.int64), n)),
     }
     for k, v in curves.items():

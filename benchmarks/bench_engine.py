@@ -1,0 +1,418 @@
+"""Benchmark: the jaxdyn engine against hand-written baselines on ``eos.mean_model``.
+
+Measures, in one process, for the mean model (d=100, init_scale=0.01, float32, a log
+point every 100 steps):
+
+1. ``jaxdyn run`` end to end, called in-process through ``jaxdyn.cli.main`` on a generated
+   sweep file (an lr grid log-spaced over [2.5e-4, 2.5e-2] times 4 seeds), with a fresh,
+   empty persistent compilation cache: compile, compute and Parquet writing all counted.
+2. Baseline (a): a per-run Python loop around a jitted single GD step (same loss,
+   ``jaxdyn.experiments.eos._mm_loss``), logging every ``--log-every`` steps.
+3. Baseline (b): a per-run jitted ``lax.scan``/``lax.fori_loop`` over all steps, one run per
+   call.
+4. Baseline (c): a hand-written ``jit(vmap)`` kernel over all runs (each parameter its own
+   ``(runs,)`` leaf), scan over log segments of a fori_loop, logging loss/b/a_sum; no
+   divergence freezing, no Parquet: the "hardware-limit" reference. Compile time reported
+   separately and excluded from its rate.
+
+The throughput unit is run-steps/s = runs * steps / wall seconds. No device-specific code:
+it runs unchanged on CPU, GPU or TPU.
+
+    .venv/bin/python benchmarks/bench_engine.py [--runs 65536] [--steps 10000]
+                                                [--out benchmarks/results]
+
+Writes ``<out>/engine_mean_model.md`` (the table printed at the end) and
+``<out>/engine_mean_model.json`` (raw numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+LR_START, LR_STOP = 2.5e-4, 2.5e-2
+SWEEP_NAME = "bench_engine_mean_model"
+
+# Targets from the project brief: engine speed-up over the per-run baselines.
+TARGET_A = 3000.0
+TARGET_B = 30.0
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=65536,
+                    help="runs in the engine sweep and in baseline (c) (default 65536)")
+    ap.add_argument("--steps", type=int, default=10000,
+                    help="GD steps per run for the engine and baselines (b), (c) "
+                         "(default 10000)")
+    ap.add_argument("--seeds", type=int, default=4,
+                    help="seeds in the engine sweep; lr points = runs // seeds (default 4)")
+    ap.add_argument("--log-every", type=int, default=100, help="log interval (default 100)")
+    ap.add_argument("--d", type=int, default=100, help="mean-model dimension d (default 100)")
+    ap.add_argument("--init-scale", type=float, default=0.01, help="default 0.01")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="pass --chunk-size to jaxdyn run (default: the engine's choice)")
+    ap.add_argument("--a-runs", type=int, default=4, help="runs timed for baseline (a)")
+    ap.add_argument("--a-steps", type=int, default=2000, help="steps per run for baseline (a)")
+    ap.add_argument("--b-runs", type=int, default=128, help="runs timed for baseline (b)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed repetitions of each baseline; the fastest is reported, which "
+                         "favours the baselines (the engine runs once, cold) (default 3)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"),
+                    help="where the .md and .json go (default benchmarks/results)")
+    return ap.parse_args(argv)
+
+
+# ---- 1. the engine, end to end -------------------------------------------------------------
+def sweep_toml(n_lr: int, seeds: int, steps: int, log_every: int, d: int,
+               init_scale: float) -> str:
+    return f"""\
+name = "{SWEEP_NAME}"
+experiment = "eos.mean_model"
+description = "bench_engine.py: mean model, lr log-spaced over [{LR_START}, {LR_STOP}]"
+steps = {steps}
+seeds = {seeds}
+log = {{ every = {log_every} }}
+precision = "float32"
+
+[fixed]
+d = {d}
+init_scale = {init_scale!r}
+
+[grid]
+lr = {{ start = {LR_START!r}, stop = {LR_STOP!r}, num = {n_lr}, spacing = "log" }}
+"""
+
+
+def bench_engine(args, tmp: Path) -> dict:
+    seeds = max(1, min(args.seeds, args.runs))
+    n_lr = max(1, args.runs // seeds)
+    runs = n_lr * seeds
+    sweep_file = tmp / f"{SWEEP_NAME}.toml"
+    sweep_file.write_text(sweep_toml(n_lr, seeds, args.steps, args.log_every, args.d,
+                                     args.init_scale))
+    cache = tmp / "xla_cache"  # fresh and empty: compile is counted honestly
+    cache.mkdir()
+    os.environ["JAXDYN_CACHE_DIR"] = str(cache)
+    out_dir = tmp / "results"
+    argv = ["run", str(sweep_file), "--out", str(out_dir), "--quiet", "--yes"]
+    if args.chunk_size:
+        argv += ["--chunk-size", str(args.chunk_size)]
+
+    import jax  # noqa: F401 - the module import is process start-up, not the engine's work
+
+    from jaxdyn import cli
+
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main(argv)
+    wall = time.perf_counter() - t0
+    text = buf.getvalue()
+    print(text, end="")
+    if rc != 0:
+        raise SystemExit(f"jaxdyn run failed with exit status {rc}")
+    m = re.search(r"compile ([0-9.]+)(s|min)\)", text)
+    compile_s = None
+    if m:
+        compile_s = float(m.group(1)) * (60.0 if m.group(2) == "min" else 1.0)
+    m = re.search(r"diverged\s+(\d+)", text)
+    diverged = int(m.group(1)) if m else None
+    parquet_bytes = sum(f.stat().st_size for f in out_dir.rglob("*.parquet"))
+    return {
+        "runs": runs, "steps": args.steps, "n_lr": n_lr, "seeds": seeds,
+        "chunk_size": args.chunk_size, "wall_s": wall, "compile_s": compile_s,
+        "diverged": diverged, "parquet_bytes": parquet_bytes,
+        "run_steps_per_s": runs * args.steps / wall, "cli_summary": text.strip(),
+    }
+
+
+# ---- shared pieces of the baselines --------------------------------------------------------
+def make_pieces(d: int, init_scale: float):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdyn.experiments.eos import _mm_loss
+
+    f32 = jnp.float32
+    d32 = jnp.asarray(d, f32)
+    s32 = jnp.asarray(init_scale, f32)
+
+    def init(seed):
+        # the engine's initialisation: PRNGKey(seed) folded with 0, split for a-, a+
+        k1, k2 = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+        return {"a_minus": s32 * jax.random.normal(k1, (), f32),
+                "a_plus": s32 * jax.random.normal(k2, (), f32),
+                "b": jnp.zeros((), f32)}
+
+    def step(p, lr):
+        g = jax.grad(_mm_loss)(p, d32)
+        return {k: p[k] - lr * g[k] for k in p}
+
+    def measure(p):
+        return (_mm_loss(p, d32), p["b"], d32 * (p["a_minus"] + p["a_plus"]))
+
+    def run(lr, seed, steps: int, log_every: int):
+        """One run: scan over log segments of a fori_loop; logs at 0, every, ..., steps."""
+        lr = jnp.asarray(lr, f32)
+        p0 = init(seed)
+        n_seg, rem = divmod(steps, log_every)
+
+        def segment(p, _):
+            p = jax.lax.fori_loop(0, log_every, lambda i, q: step(q, lr), p)
+            return p, measure(p)
+
+        p, logs = jax.lax.scan(segment, p0, None, length=n_seg)
+        first = measure(p0)
+        logs = tuple(jnp.concatenate([f[None], l]) for f, l in zip(first, logs))
+        if rem:
+            p = jax.lax.fori_loop(0, rem, lambda i, q: step(q, lr), p)
+            logs = tuple(jnp.concatenate([l, m[None]]) for l, m in zip(logs, measure(p)))
+        return logs
+
+    return init, step, measure, run
+
+
+def lr_values(n: int):
+    import numpy as np
+
+    return np.geomspace(LR_START, LR_STOP, max(n, 1)).astype(np.float32)
+
+
+# ---- 2. baseline (a): Python loop around a jitted step -------------------------------------
+def bench_a(args, pieces) -> dict:
+    import jax
+    import numpy as np
+
+    init, step, measure, _ = pieces
+    jstep, jmeasure, jinit = jax.jit(step), jax.jit(measure), jax.jit(init)
+    lrs = lr_values(args.a_runs)
+
+    def one_run(lr, seed, steps):
+        lr = np.float32(lr)
+        p = jinit(np.uint32(seed))
+        log = [tuple(float(x) for x in jmeasure(p))]
+        for i in range(1, steps + 1):
+            p = jstep(p, lr)
+            if i % args.log_every == 0 or i == steps:
+                log.append(tuple(float(x) for x in jmeasure(p)))
+        return log
+
+    one_run(lrs[0], 0, min(args.a_steps, 2 * args.log_every))  # warm-up: compile everything
+    walls = []
+    for _ in range(max(1, args.repeats)):
+        t0 = time.perf_counter()
+        for r in range(args.a_runs):
+            one_run(lrs[r], r, args.a_steps)
+        walls.append(time.perf_counter() - t0)
+    wall = min(walls)
+    n = args.a_runs * args.a_steps
+    return {"runs": args.a_runs, "steps": args.a_steps, "wall_s": wall, "walls_s": walls,
+            "run_steps_per_s": n / wall}
+
+
+# ---- 3. baseline (b): one jitted scan/fori_loop per run ------------------------------------
+def bench_b(args, pieces) -> dict:
+    import jax
+    import numpy as np
+
+    *_, run = pieces
+    jrun = jax.jit(lambda lr, seed: run(lr, seed, args.steps, args.log_every))
+    lrs = lr_values(args.b_runs)
+    t0 = time.perf_counter()
+    jax.block_until_ready(jrun(lrs[0], np.uint32(0)))  # warm-up call: compiles
+    warm = time.perf_counter() - t0
+    walls = []
+    for _ in range(max(1, args.repeats)):
+        t0 = time.perf_counter()
+        for r in range(args.b_runs):
+            jax.device_get(jrun(lrs[r], np.uint32(r)))  # each run's logs to the host
+        walls.append(time.perf_counter() - t0)
+    wall = min(walls)
+    return {"runs": args.b_runs, "steps": args.steps, "wall_s": wall, "walls_s": walls,
+            "warmup_call_s": warm, "run_steps_per_s": args.b_runs * args.steps / wall}
+
+
+# ---- 4. baseline (c): hand-written jit(vmap) over all runs ---------------------------------
+def bench_c(args, pieces, runs: int) -> dict:
+    import jax
+    import numpy as np
+
+    *_, run = pieces
+    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, args.steps, args.log_every)))
+    seeds_n = max(1, min(args.seeds, runs))
+    lrs = np.repeat(lr_values(runs // seeds_n), seeds_n)
+    seeds = np.tile(np.arange(seeds_n, dtype=np.uint32), runs // seeds_n)
+    t0 = time.perf_counter()
+    compiled = kernel.lower(lrs, seeds).compile()
+    compile_s = time.perf_counter() - t0
+    lrs_d, seeds_d = jax.device_put(lrs), jax.device_put(seeds)
+    jax.block_until_ready((lrs_d, seeds_d))
+    walls = []
+    for _ in range(max(1, args.repeats)):
+        t0 = time.perf_counter()
+        logs = jax.device_get(compiled(lrs_d, seeds_d))  # compute + logs to the host
+        walls.append(time.perf_counter() - t0)
+        del logs
+    wall = min(walls)
+    logs = jax.device_get(compiled(lrs_d, seeds_d))
+    n = len(lrs)
+    loss_final = np.asarray(logs[0])[:, -1]
+    return {"runs": n, "steps": args.steps, "wall_s": wall, "walls_s": walls,
+            "compile_s": compile_s,
+            "nonfinite_runs": int((~np.isfinite(loss_final)).sum()),
+            "run_steps_per_s": n * args.steps / wall}
+
+
+# ---- report ---------------------------------------------------------------------------------
+def git_rev() -> str | None:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except Exception:  # noqa: BLE001 - no git is not an error
+        return None
+
+
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def report(res: dict) -> str:
+    e, a, b, c = res["engine"], res["baseline_a"], res["baseline_b"], res["baseline_c"]
+    r = res["ratios"]
+    ok_a = "met" if r["engine_over_a"] >= TARGET_A else "NOT met"
+    ok_b = "met" if r["engine_over_b"] >= TARGET_B else "NOT met"
+    lines = [
+        "# jaxdyn engine benchmark: eos.mean_model",
+        "",
+        f"- date: {res['date']}",
+        f"- jax {res['jax_version']}, devices: {res['devices']}",
+        f"- host: {res['host']}, git: {res['git']}",
+        f"- host load average (1/5/15 min) at start {res['load_start']}, "
+        f"at end {res['load_end']} (other processes on the host skew the numbers)",
+        f"- model: d={res['config']['d']}, init_scale={res['config']['init_scale']}, "
+        f"float32, log every {res['config']['log_every']} steps, "
+        f"lr log-spaced over [{LR_START}, {LR_STOP}]",
+        "",
+        "| case | runs x steps | wall (s) | run-steps/s | engine / case |",
+        "|---|---|---|---|---|",
+        f"| engine: `jaxdyn run` end to end (compile {fmt(e['compile_s'] or float('nan'))} s "
+        f"+ Parquet included) | {e['runs']} x {e['steps']} | {e['wall_s']:.2f} | "
+        f"{fmt(e['run_steps_per_s'])} | 1 |",
+        f"| (a) Python loop over a jitted step | {a['runs']} x {a['steps']} | "
+        f"{a['wall_s']:.2f} | {fmt(a['run_steps_per_s'])} | {fmt(r['engine_over_a'])} |",
+        f"| (b) jitted scan/fori_loop, one run per call | {b['runs']} x {b['steps']} | "
+        f"{b['wall_s']:.2f} | {fmt(b['run_steps_per_s'])} | {fmt(r['engine_over_b'])} |",
+        f"| (c) hand-written jit(vmap) kernel, no freeze/Parquet (compile "
+        f"{c['compile_s']:.2f} s excluded) | {c['runs']} x {c['steps']} | {c['wall_s']:.2f} | "
+        f"{fmt(c['run_steps_per_s'])} | {r['engine_over_c']:.3f} |",
+        "",
+        f"- target engine / (a) >= {TARGET_A:g}: {fmt(r['engine_over_a'])} ({ok_a})",
+        f"- target engine / (b) >= {TARGET_B:g}: {fmt(r['engine_over_b'])} ({ok_b})",
+        f"- engine / (c) (informational; 1 = the hand-written kernel's speed, compile "
+        f"excluded for (c) only): {r['engine_over_c']:.3f}",
+        f"- engine excluding its compile time: "
+        f"{fmt(res['engine_no_compile_run_steps_per_s'])} run-steps/s "
+        f"({res['engine_no_compile_over_c']:.3f} x (c))",
+        f"- ceiling on this device, (c) / (a): {fmt(r['c_over_a'])}, (c) / (b): "
+        f"{fmt(r['c_over_b'])} (the best engine / baseline ratios a vmapped program "
+        f"without compile, freezing or Parquet reaches here)",
+        f"- baselines: fastest of {res['config']['repeats']} timed repetitions after "
+        f"warm-up; the engine: one cold run",
+        f"- benchmark total time: {res['total_s']:.1f} s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_start = load_average()
+    with tempfile.TemporaryDirectory(prefix="jaxdyn-bench-") as tmp:
+        # the engine first, so that nothing has touched JAX's compilation cache before it
+        print(f"[bench] engine: jaxdyn run, {args.runs} runs x {args.steps} steps ...",
+              flush=True)
+        eng = bench_engine(args, Path(tmp))
+
+        import jax
+
+        pieces = make_pieces(args.d, args.init_scale)
+        print(f"[bench] (a) Python loop: {args.a_runs} runs x {args.a_steps} steps ...",
+              flush=True)
+        a = bench_a(args, pieces)
+        print(f"[bench] (b) jitted loop per run: {args.b_runs} runs x {args.steps} steps ...",
+              flush=True)
+        b = bench_b(args, pieces)
+        print(f"[bench] (c) jit(vmap) kernel: {eng['runs']} runs x {args.steps} steps ...",
+              flush=True)
+        c = bench_c(args, pieces, eng["runs"])
+
+    e_rate = eng["run_steps_per_s"]
+    no_compile = (eng["runs"] * eng["steps"] / (eng["wall_s"] - eng["compile_s"])
+                  if eng["compile_s"] is not None and eng["wall_s"] > eng["compile_s"]
+                  else float("nan"))
+    res = {
+        "date": date,
+        "jax_version": jax.__version__,
+        "devices": str(jax.devices()),
+        "backend": jax.default_backend(),
+        "host": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+                f"python {platform.python_version()})",
+        "git": git_rev(),
+        "load_start": load_start,
+        "load_end": load_average(),
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "engine": eng,
+        "baseline_a": a,
+        "baseline_b": b,
+        "baseline_c": c,
+        "ratios": {"engine_over_a": e_rate / a["run_steps_per_s"],
+                   "engine_over_b": e_rate / b["run_steps_per_s"],
+                   "engine_over_c": e_rate / c["run_steps_per_s"],
+                   "c_over_a": c["run_steps_per_s"] / a["run_steps_per_s"],
+                   "c_over_b": c["run_steps_per_s"] / b["run_steps_per_s"]},
+        "targets": {"engine_over_a": TARGET_A, "engine_over_b": TARGET_B},
+        "engine_no_compile_run_steps_per_s": no_compile,
+        "engine_no_compile_over_c": no_compile / c["run_steps_per_s"],
+    }
+    res["total_s"] = time.perf_counter() - t_start
+    md = report(res)
+    print()
+    print(md)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine_mean_model.md").write_text(md)
+    (out / "engine_mean_model.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(f"[bench] wrote {out / 'engine_mean_model.md'} and {out / 'engine_mean_model.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
