@@ -328,26 +328,49 @@ def device_description() -> str:
 
 # ---- the sweep loop ----------------------------------------------------------------------
 def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = None,
-              progress: Callable | None = None, probes=None) -> dict:
-    """Run every run of ``sweep`` not already in ``store``; returns a summary dict."""
+              progress: Callable | None = None, probes=None,
+              process_index: int = 0, process_count: int = 1) -> dict:
+    """Run every run of ``sweep`` not already in ``store``; returns a summary dict.
+
+    The chunk plan is a pure function of the sweep (and the chunk size): each group's runs,
+    in a fixed order, cut into blocks. Block ``b`` (numbered across groups) belongs to process
+    ``b % process_count``, so processes of a multi-host run own disjoint runs however their
+    views of what is done differ. A block's done runs are skipped; a fully done block is not
+    run at all.
+    """
     t0 = time.perf_counter()
     if probes is None:
         probes = resolve_probes(sweep, exp)
     all_runs = sweep.runs()
     done = store.done_run_ids()
-    pending = [r for r in all_runs if r.run_id not in done]
-    groups = plan_groups(sweep, exp, pending)
-    summary = {"runs_total": len(all_runs), "runs_done_before": len(all_runs) - len(pending),
-               "runs_run": 0, "diverged": 0, "compile_s": 0.0, "chunks": 0,
-               "steps": sweep.steps}
-    work = []
-    for g in groups:
-        runner = ChunkRunner(exp, sweep, g, probes)
-        size = runner.choose_chunk(len(g.runs), chunk_size or sweep.chunk_size)
-        for c in chunks_of(g, size, runner.per_seed):
-            work.append((runner, g, c))
+    summary = {"runs_total": len(all_runs), "runs_done_before": 0, "runs_run": 0,
+               "diverged": 0, "compile_s": 0.0, "chunks": 0, "steps": sweep.steps}
+    work, block = [], 0
+    for g in plan_groups(sweep, exp, all_runs):
+        runner = None
+        size = chunk_size or sweep.chunk_size
+        if size is None:  # automatic size: needs the compiled program
+            runner = ChunkRunner(exp, sweep, g, probes)
+            size = runner.choose_chunk(len(g.runs), None)
+        for c in chunks_of(g, size, exp.make_data is not None):
+            mine = block % process_count == process_index
+            block += 1
+            todo = [r for r in c if r.run_id not in done]
+            if mine:
+                summary["runs_done_before"] += len(c) - len(todo)
+            if not mine or not todo:
+                continue
+            if runner is None:
+                runner = ChunkRunner(exp, sweep, g, probes)
+                runner.choose_chunk(len(g.runs), size)
+            work.append((runner, g, todo))
+    n_todo = sum(len(c) for _, _, c in work)
     if progress:
-        progress("start", total_runs=len(pending), total_chunks=len(work))
+        progress("start", total_runs=n_todo, total_chunks=len(work))
+    state = {"pid": os.getpid(), "process_index": process_index, "started": time.time(),
+             "chunks_total": len(work), "chunks_done": 0, "runs_total": n_todo,
+             "runs_done": 0, "steps": sweep.steps, "finished": None}
+    store.write_progress(state, process_index)
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdyn-writer")
     pending_write: Future | None = None
@@ -359,8 +382,11 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
             wall = time.perf_counter() - tc
             if pending_write is not None:
                 summary["diverged"] += pending_write.result()
+                store.write_progress(state, process_index)
             pending_write = writer.submit(_write_chunk, store, exp, sweep, runner, g, chunk,
                                           out, wall)
+            state["chunks_done"] += 1
+            state["runs_done"] += len(chunk)
             summary["runs_run"] += len(chunk)
             summary["chunks"] += 1
             if progress:
@@ -369,6 +395,8 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
             summary["diverged"] += pending_write.result()
     finally:
         writer.shutdown(wait=True)
+    state["finished"] = time.time()
+    store.write_progress(state, process_index)
     summary["compile_s"] = sum({id(r): r.compile_s for r, *_ in work}.values())
     summary["wall_s"] = time.perf_counter() - t0
     summary["run_steps_per_s"] = summary["runs_run"] * sweep.steps / max(summary["wall_s"], 1e-9)

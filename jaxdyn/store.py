@@ -174,7 +174,7 @@ class SweepStore:
 
     def _cleanup(self) -> None:
         """Remove what a killed writer left: temporary files, curves parts without runs."""
-        for sub in ("runs", "curves"):
+        for sub in ("runs", "curves", "."):
             for p in (self.dir / sub).glob(".tmp-*"):
                 p.unlink(missing_ok=True)
         committed = {p.name for p in (self.dir / "runs").glob("part-*.parquet")}
@@ -192,7 +192,26 @@ class SweepStore:
             done.update(pq.read_table(p, columns=["run_id"]).column(0).to_pylist())
         return done
 
+    def progress(self) -> list[dict]:
+        """Progress records of the processes that ran (or are running) this sweep."""
+        out = []
+        for p in sorted(self.dir.glob("progress-*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
     # ---- writing ------------------------------------------------------------------------
+    def write_progress(self, state: dict, process_index: int = 0) -> None:
+        """Progress of this process (chunks/runs done of its share, start time), for
+        ``jaxdyn status``; written atomically."""
+        try:
+            atomic_write_bytes(self.dir / f"progress-{process_index}.json",
+                               json.dumps({**state, "updated": time.time()}).encode())
+        except OSError:
+            pass  # progress is informational; a full disk shows up on the next part
+
     def write_chunk(self, sweep, exp, group, chunk, log_steps, curves: dict, final: dict,
                     alive: np.ndarray, diverged_step: np.ndarray, wall_s: float) -> str:
         """Write one finished chunk as a runs part and a curves part, atomically."""
