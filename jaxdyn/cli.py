@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+import numpy as np
 import sys
 import time
 from pathlib import Path
@@ -114,19 +116,45 @@ def cmd_run(args) -> int:
         probes = engine.resolve_probes(sweep, exp)
     except spec.SpecError as e:
         return _err(str(e))
+    pi, pc = 0, 1
+    if args.distributed:
+        try:
+            pi, pc = _init_distributed(args)
+        except Exception as e:  # noqa: BLE001 - the runtime's own message says what failed
+            return _err(f"--distributed: jax.distributed.initialize failed: {e}")
     store = SweepStore(args.out, sweep.name)
     extra = {"jaxdyn_version": _version(), "jax_version": jax.__version__,
-             "device": engine.device_description()}
-    try:
-        store.open(sweep, extra, force=args.force)
-    except StoreError as e:
-        return _err(str(e))
-    if getattr(store, "moved_aside", None):
+             "device": engine.device_description(), "process_count": pc}
+    opened, msg = True, ""
+    if pi == 0:
+        try:
+            store.open(sweep, extra, force=args.force)
+        except StoreError as e:
+            opened, msg = False, str(e)
+    if pc > 1:  # the others join only once process 0 has checked and cleaned the folder
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(opened))
+        if pi > 0:
+            if not int(ok):
+                return _err(f"process 0 could not open {store.dir}; see its message")
+            try:
+                store.join(sweep, pi)
+            except StoreError as e:
+                opened, msg = False, str(e)
+    if not opened:
+        return _err(msg)
+    if store.moved_aside:
         print(f"[jaxdyn] previous results moved to {store.moved_aside}", file=sys.stderr)
     progress = _Progress(sweep, args.quiet)
     try:
         summary = engine.run_sweep(sweep, exp, store, chunk_size=args.chunk_size,
-                                   progress=progress, probes=probes)
+                                   progress=progress, probes=probes, process_index=pi,
+                                   process_count=pc)
+        if pc > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxdyn-{sweep.name}-done")
     except StoreError as e:
         return _err(str(e))
     except KeyboardInterrupt:
@@ -137,8 +165,9 @@ def cmd_run(args) -> int:
         progress.close()
         store.close()
     s = summary
+    who = f" (process {pi} of {pc})" if pc > 1 else ""
     lines = [
-        f"sweep      {sweep.name} ({sweep.experiment})",
+        f"sweep      {sweep.name} ({sweep.experiment}){who}",
         f"runs       {s['runs_total']} total, {s['runs_run']} run now, "
         f"{s['runs_done_before']} already done",
         f"diverged   {s['diverged']} of the runs run now",
@@ -148,6 +177,21 @@ def cmd_run(args) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _init_distributed(args) -> tuple[int, int]:
+    """JAX's multi-controller runtime: auto-detected on SLURM and TPU pods, or explicit."""
+    import jax
+
+    kw = {}
+    if args.coordinator:
+        kw["coordinator_address"] = args.coordinator
+    if args.num_processes is not None:
+        kw["num_processes"] = args.num_processes
+    if args.process_id is not None:
+        kw["process_id"] = args.process_id
+    jax.distributed.initialize(**kw)
+    return jax.process_index(), jax.process_count()
 
 
 def _version() -> str:
@@ -256,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(they are moved aside, not deleted)")
     r.add_argument("--yes", action="store_true", help="run huge sweeps without asking")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run (jax.distributed.initialize; auto-detected "
+                        "on SLURM and TPU pods): each process runs its own chunks")
+    r.add_argument("--coordinator", default=None, help="coordinator host:port (explicit launch)")
+    r.add_argument("--num-processes", type=int, default=None)
+    r.add_argument("--process-id", type=int, default=None)
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="experiments, their hyperparameters and metrics")

@@ -90,6 +90,8 @@ class SweepStore:
         self.name = name
         self.dir = self.root / name
         self._lock_fd: int | None = None
+        self.process_index = 0
+        self.moved_aside: Path | None = None
 
     # ---- opening ------------------------------------------------------------------------
     def open(self, sweep, manifest_extra: dict | None = None, *, force: bool = False) -> None:
@@ -145,8 +147,25 @@ class SweepStore:
             raise StoreError(f"cannot write to {self.dir}: {e.strerror}") from None
         self._cleanup()
 
-    def _lock(self) -> None:
-        lock_path = self.root / f".{self.name}.lock"
+    def join(self, sweep, process_index: int) -> None:
+        """Open the folder as process ``process_index`` > 0 of a multi-process run, after
+        process 0 has opened it (created or checked the manifest, cleaned up)."""
+        self.process_index = process_index
+        self._lock(f".{self.name}.lock.{process_index}")
+        try:
+            man = self.manifest()
+        except (OSError, ValueError):
+            self.close()
+            raise StoreError(f"{self.dir}: no manifest after process 0 opened the sweep") \
+                from None
+        if man.get("hash") != sweep.hash:
+            self.close()
+            raise StoreError(f"{self.dir} holds a different sweep (hash {man.get('hash')}, "
+                             f"this process has {sweep.hash}); every process must run the "
+                             f"same file with the same --set")
+
+    def _lock(self, lock_name: str | None = None) -> None:
+        lock_path = self.root / (lock_name or f".{self.name}.lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -217,7 +236,8 @@ class SweepStore:
         """Write one finished chunk as a runs part and a curves part, atomically."""
         runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
                                             alive, diverged_step, wall_s)
-        name = f"part-{group.index:03d}-{chunk[0].run_id}-{uuid.uuid4().hex[:6]}.parquet"
+        name = (f"part-g{group.index:03d}-p{self.process_index}-{chunk[0].run_id}-"
+                f"{uuid.uuid4().hex[:6]}.parquet")
         runs_final = self.dir / "runs" / name
         curves_final = self.dir / "curves" / name
         tmps: list[Path] = []
