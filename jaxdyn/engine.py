@@ -41,8 +41,10 @@ RUNS_PER_DEVICE_MULTIPLE = 8
 
 
 # ---- the run function --------------------------------------------------------------------
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+def _all_finite(tree, bound: float = float("inf")) -> jax.Array:
+    """True iff every float leaf is finite and below ``bound`` in absolute value.
+    (|x| < bound is False for NaN and, with bound = inf, for ±inf: one reduction per leaf.)"""
+    leaves = [jnp.all(jnp.abs(x) < bound) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
@@ -68,7 +70,8 @@ def _nan_like(tree):
 
 
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
-                probes: Sequence[tuple] = (), unroll: int = 1) -> Callable:
+                probes: Sequence[tuple] = (), unroll: int = 1,
+                diverge_above: float | None = None) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
 
     ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
@@ -79,6 +82,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
     starts = np.asarray(log_steps[:-1], np.int64)
     lengths = np.asarray(np.diff(log_steps), np.int64)
     dt = static["dtype"]
+    bound = float("inf") if diverge_above is None else float(diverge_above)
     flags = np.stack([probe_schedule(log_steps, int(o["every"])) for _, o in probes], 1) \
         if probes else np.zeros((len(log_steps), 0), bool)
 
@@ -100,7 +104,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         if data is None and exp.make_data is not None:
             data = exp.make_data(k_data, static)
         state0 = exp.init(k_init, static, hp, data)
-        alive0 = _all_finite(state0)
+        alive0 = _all_finite(state0, bound)
         m0 = measure(state0, hp, data, flags[0])
 
         def segment(carry, seg):
@@ -109,7 +113,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             def body(i, c):
                 state, alive, dstep = c
                 new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
-                ok = alive & _all_finite(new)
+                ok = alive & _all_finite(new, bound)
                 return (_freeze(ok, new, state), ok,
                         jnp.where(alive & ~ok, i + 1, dstep))
 
@@ -219,7 +223,8 @@ class ChunkRunner:
         self.devices = jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("runs",))
         self.dyn_names = exp.dynamic_names
-        run = make_run_fn(exp, self.static, self.log_steps, probes)
+        run = make_run_fn(exp, self.static, self.log_steps, probes,
+                          diverge_above=sweep.diverge_above)
         shared = exp.make_data is not None
         self.per_seed = shared
 

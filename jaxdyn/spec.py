@@ -39,7 +39,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
-               "zip", "sample", "probes", "description", "chunk_size")
+               "zip", "sample", "probes", "description", "chunk_size", "diverge_above")
 PRECISIONS = ("float32", "float64")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 #: Grids larger than this are refused unless the user confirms (``--yes``).
@@ -147,6 +147,8 @@ class Sweep:
     source: str = ""
     description: str = ""
     chunk_size: int | None = None
+    #: a run whose state has any |value| ≥ this (or NaN/inf) is frozen as diverged
+    diverge_above: float | None = None
     doc: dict = field(default_factory=dict)
 
     @property
@@ -201,15 +203,22 @@ class Sweep:
         for pt in self.points():
             hp = {**defaults, **self.fixed, **pt}
             for s in self.seeds:
-                out.append(Run(run_id(self.experiment, hp, s, self.steps, self.precision), s, hp))
+                rid = run_id(self.experiment, hp, s, self.steps, self.precision,
+                             self.diverge_above)
+                out.append(Run(rid, s, hp))
         return out
 
 
-def run_id(experiment: str, hp: Mapping[str, Any], seed: int, steps: int, precision: str) -> str:
-    """Stable id of a run: the same experiment, values, seed, steps and precision give the
-    same id in every sweep, whatever else is in the grid."""
+def run_id(experiment: str, hp: Mapping[str, Any], seed: int, steps: int, precision: str,
+           diverge_above: float | None = None) -> str:
+    """Stable id of a run: the same experiment, values, seed, steps and precision (and
+    divergence bound, when one is set) give the same id in every sweep, whatever else is in
+    the grid."""
     canon = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in sorted(hp.items())}
-    blob = json.dumps([experiment, canon, int(seed), int(steps), precision], sort_keys=True)
+    key = [experiment, canon, int(seed), int(steps), precision]
+    if diverge_above is not None:
+        key.append(repr(float(diverge_above)))
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -446,6 +455,13 @@ def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
     chunk_size = doc.get("chunk_size")
     if chunk_size is not None:
         chunk_size = _int(file, "chunk_size", chunk_size, minimum=1)
+    diverge_above = doc.get("diverge_above")
+    if diverge_above is not None:
+        if (isinstance(diverge_above, bool) or not isinstance(diverge_above, (int, float))
+                or not diverge_above > 0):
+            raise SpecError(file, "diverge_above", f"expected a positive number, got "
+                                                   f"{diverge_above!r}")
+        diverge_above = float(diverge_above)
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise SpecError(file, "description", "expected a string")
@@ -453,10 +469,12 @@ def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
     sweep = Sweep(name=name, experiment=exp, steps=steps, seeds=seeds, log=log,
                   precision=precision, fixed=fixed, grid=grid, zip=zipped, sample=sample,
                   probes=dict(probes), params=params, file=str(file) if file else None,
-                  source=source, description=description, chunk_size=chunk_size)
+                  source=source, description=description, chunk_size=chunk_size,
+                  diverge_above=diverge_above)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
                  "log": dict(log_v), "precision": precision, "fixed": fixed, "grid": grid,
-                 "zip": zipped, "sample": sample, "probes": sweep.probes}
+                 "zip": zipped, "sample": sample, "probes": sweep.probes,
+                 "diverge_above": diverge_above}
     if sweep.n_points() == 0:
         raise SpecError(file, "grid", "the grid is empty")
     return sweep
