@@ -34,7 +34,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -120,8 +120,7 @@ class LogSchedule:
         return np.unique(np.concatenate([[0], s, [total]]))
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     """One training run: its stable id, its seed and every hyperparameter value."""
 
     run_id: str
@@ -202,24 +201,31 @@ class Sweep:
         out = []
         for pt in self.points():
             hp = {**defaults, **self.fixed, **pt}
+            key = run_key(self.experiment, hp, self.steps, self.precision, self.diverge_above)
             for s in self.seeds:
-                rid = run_id(self.experiment, hp, s, self.steps, self.precision,
-                             self.diverge_above)
-                out.append(Run(rid, s, hp))
+                out.append(Run(run_id("", hp, s, 0, "", key=key), s, hp))
         return out
 
 
+def run_key(experiment: str, hp: Mapping[str, Any], steps: int, precision: str,
+            diverge_above: float | None = None) -> str:
+    """Canonical text of everything that defines a run except its seed."""
+    # repr() of Python ints, floats (shortest round-trip), bools and strs is unambiguous
+    items = ",".join(f"{k}={v!r}" for k, v in sorted(hp.items()))
+    key = f"{experiment}|{items}|steps={int(steps)}|{precision}"
+    if diverge_above is not None:
+        key += f"|diverge_above={float(diverge_above)!r}"
+    return key
+
+
 def run_id(experiment: str, hp: Mapping[str, Any], seed: int, steps: int, precision: str,
-           diverge_above: float | None = None) -> str:
+           diverge_above: float | None = None, *, key: str | None = None) -> str:
     """Stable id of a run: the same experiment, values, seed, steps and precision (and
     divergence bound, when one is set) give the same id in every sweep, whatever else is in
-    the grid."""
-    canon = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in sorted(hp.items())}
-    key = [experiment, canon, int(seed), int(steps), precision]
-    if diverge_above is not None:
-        key.append(repr(float(diverge_above)))
-    blob = json.dumps(key, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    the grid. ``key``: a precomputed :func:`run_key`."""
+    if key is None:
+        key = run_key(experiment, hp, steps, precision, diverge_above)
+    return hashlib.sha256(f"{key}|seed={int(seed)}".encode()).hexdigest()[:16]
 
 
 # ---- parsing ------------------------------------------------------------------------------
