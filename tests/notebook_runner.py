@@ -18,7 +18,6 @@ def execute_notebook(name: str, results_root: Path, timeout: int = 600):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     old = os.environ.get("JAXDYN_RESULTS")
     os.environ["JAXDYN_RESULTS"] = str(results_root)
-    os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
