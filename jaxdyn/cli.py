@@ -1,4 +1,4 @@
-"""``jaxdyn run | list | query | status``.
+"""``jaxdyn run | list | query | status | plot``.
 
 Every user error ends in one message on stderr naming the file, the key and what was
 expected, and exit status 2; nothing is written before a sweep file has been fully validated.
@@ -234,55 +234,175 @@ def cmd_query(args) -> int:
     except QueryError as e:
         return _err(str(e))
     fmt = args.format
-    if fmt == "table":
-        import pandas as pd
+    try:
+        if fmt == "parquet":
+            if not args.output:
+                return _err("--format parquet needs --output FILE")
+            df.to_parquet(args.output, index=False)
+            return 0
+        if fmt == "table":
+            import pandas as pd
 
-        with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", None,
-                               "display.width", 200):
-            text = df.to_string(index=False)
-    elif fmt == "csv":
-        text = df.to_csv(index=False)
-    elif fmt == "json":
-        text = df.to_json(orient="records", lines=True)
-    else:  # parquet
-        if not args.output:
-            return _err("--format parquet needs --output FILE")
-        df.to_parquet(args.output, index=False)
-        return 0
-    if args.output:
-        Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
-    else:
-        print(text)
+            if df.empty:
+                text = "  ".join(df.columns) + "\n(0 rows)"
+            else:
+                with pd.option_context("display.max_columns", None, "display.width", 200,
+                                       "display.max_colwidth", 60):
+                    text = df.to_string(index=False, max_rows=args.max_rows)
+                if len(df) > args.max_rows:
+                    text += (f"\n({len(df)} rows, {args.max_rows} shown: --max-rows N, or "
+                             f"--format csv)")
+        elif fmt == "csv":
+            text = df.to_csv(index=False)
+        else:  # json lines
+            text = _json_lines(df)
+        if args.output:
+            Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
+        else:
+            print(text.rstrip("\n"))
+    except OSError as e:
+        return _err(f"cannot write {args.output}: {e.strerror or e}")
     return 0
 
 
-def cmd_status(args) -> int:
-    import pyarrow.parquet as pq
+def _json_value(v):
+    """A JSON value: exact floats (repr round-trips), null for NaN/inf/NA, lists for arrays."""
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    try:
+        import pandas as pd
 
-    from jaxdyn.query import QueryError, resolve, sweep_names
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def _json_lines(df) -> str:
+    """One JSON object per row."""
+    import json
+
+    cols = [str(c) for c in df.columns]
+    return "\n".join(json.dumps(dict(zip(cols, map(_json_value, row))), allow_nan=False)
+                     for row in df.itertuples(index=False, name=None))
+
+
+def _fmt_ago(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}min ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def _fmt_eta(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from jaxdyn.query import QueryError, resolve, sweep_names, sweep_status
 
     names = args.names or sweep_names(args.out)
     if not names:
         print(f"no sweeps under {args.out}")
         return 0
-    for n in names:
-        try:
-            folder = resolve(n, args.out)
-        except QueryError as e:
-            return _err(str(e))
-        import json
-
-        man = json.loads((folder / "manifest.json").read_text())
-        parts = sorted((folder / "runs").glob("part-*.parquet"))
-        done = diverged = 0
-        for p in parts:
-            t = pq.read_table(p, columns=["status"])
-            done += t.num_rows
-            diverged += sum(1 for s in t.column(0).to_pylist() if s != "ok")
-        total = man.get("runs_total", 0)
-        print(f"{n}: {done}/{total} runs done ({len(parts)} parts), {diverged} diverged, "
-              f"experiment {man.get('experiment')}")
+    try:
+        for n in names:
+            resolve(n, args.out)  # an unknown name fails before anything is printed
+        infos = [sweep_status(n, args.out) for n in names]
+    except QueryError as e:
+        return _err(str(e))
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    blocks = []
+    for s in infos:
+        total = s["runs_total"]
+        pct = f" ({100 * s['runs_done'] / total:.1f}%)" if total else ""
+        lines = [f"{s['name']}  ({s['experiment']})  {s['state']}",
+                 f"  runs      {s['runs_done']:,} of {total:,} done{pct}, "
+                 f"{s['diverged']:,} diverged, {s['parts']:,} parts"]
+        if s["damaged_parts"]:
+            lines.append(f"  damaged   {len(s['damaged_parts'])} unreadable runs parts: "
+                         f"{', '.join(s['damaged_parts'][:3])}")
+        if s["processes"] or s["writer_pids"]:
+            ch = f"chunks {s['chunks_done']:,} of {s['chunks_total']:,} (this launch)"
+            if s["state"] == "running":
+                pids = sorted({p["pid"] for p in s["processes"] if p["state"] == "running"}
+                              | set(s["writer_pids"]))
+                bits = [ch]
+                if s["run_steps_per_s"]:
+                    bits.append(f"{_fmt_rate(s['run_steps_per_s'])} run·steps/s")
+                    if s["eta_s"] is not None:
+                        bits.append(f"ETA {_fmt_eta(s['eta_s'])}")
+                else:
+                    bits.append("compiling or on its first chunk")
+                ups = [p["updated_ago_s"] for p in s["processes"]]
+                if ups:
+                    bits.append(f"updated {_fmt_ago(min(ups))}")
+                who = f"pid {', '.join(map(str, pids))}" if pids else "pid unknown"
+                lines.append(f"  running   {who}: " + ", ".join(bits))
+            elif s["state"] in ("stopped", "stalled", "incomplete"):
+                why = {"stopped": "stopped (its process is gone)",
+                       "stalled": "stalled (no progress record update for "
+                                  f"{_fmt_eta(min(p['updated_ago_s'] for p in s['processes']))}"
+                                  "; its process may have stopped)",
+                       "incomplete": "not running"}[s["state"]]
+                lines.append(f"  progress  {why}; {ch}")
+            else:
+                fin = [p for p in s["processes"] if p["run_steps_per_s"]]
+                if fin:
+                    lines.append(f"  last run  {ch}, "
+                                 f"{_fmt_rate(sum(p['run_steps_per_s'] for p in fin))} "
+                                 f"run·steps/s average")
+        if s["state"] in ("stopped", "stalled", "incomplete"):
+            lines.append(f"  resume    {s['resume']}")
+        lines.append(f"  file      {s['file']['text']}")
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
     return 0
+
+
+def cmd_plot(args) -> int:
+    from jaxdyn.query import QueryError, plot
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        return _err(f"-o {out}: expected a .png, .pdf or .svg file name")
+    try:
+        info = plot(args.name, args.x, args.y, out, hue=args.hue, where=args.where,
+                    logx=args.logx, logy=args.logy, spread=args.spread, root=args.out)
+    except QueryError as e:
+        return _err(str(e))
+    what = "one line per run" if info["per_run"] else (
+        f"mean over runs, shaded {info['spread']}" if info["spread"] else "mean over runs")
+    print(f"wrote {info['path']}: {info['runs']} runs, {info['lines']} lines ({what})")
+    if info["non_finite"]:
+        print(f"note: {info['non_finite']} non-finite values (diverged runs) left out",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """``jaxdyn bench``: the benchmark suite (jaxdyn/bench.py)."""
+    from jaxdyn import bench
+
+    return bench.main_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,18 +431,62 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="experiments, their hyperparameters and metrics")
     ls.set_defaults(fn=cmd_list)
 
-    q = sub.add_parser("query", help='SQL over views runs and curves: query [NAME ...] "SQL"')
+    q = sub.add_parser("query", help='SQL over views runs and curves: query [NAME ...] "SQL"',
+                       description="One read-only SQL statement (DuckDB) over the views runs "
+                                   "and curves of the named sweeps (all sweeps under --out "
+                                   "when none is named); each view has a 'sweep' column.")
     q.add_argument("sql", nargs="+", metavar="[NAME ...] SQL")
     q.add_argument("--out", default="results", help="results root (default: results)")
-    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="table (aligned, default), csv, json (one object per line), parquet")
     q.add_argument("--output", default=None, help="write to FILE instead of stdout")
-    q.add_argument("--max-rows", type=int, default=200)
+    q.add_argument("--max-rows", type=int, default=200, help="rows shown by --format table")
     q.set_defaults(fn=cmd_query)
 
-    s = sub.add_parser("status", help="progress of sweeps under the results root")
-    s.add_argument("names", nargs="*")
-    s.add_argument("--out", default="results")
+    s = sub.add_parser("status", help="progress of sweeps under the results root",
+                       description="Per sweep: runs done of total, diverged runs, chunks, "
+                                   "throughput and ETA while it runs, and whether its sweep "
+                                   "file changed since. Safe while a sweep is being written.")
+    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("--out", default="results", help="results root (default: results)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
+
+    pl = sub.add_parser("plot", help="a quick figure: plot NAME --x step --y loss -o FILE.png",
+                        description="Mean (and shaded spread over the runs that share a --hue "
+                                    "value, e.g. seeds) of a curves metric against step, or of "
+                                    "a runs column against another (--x lr --y final_b).")
+    pl.add_argument("name", metavar="NAME")
+    pl.add_argument("--x", required=True, help="curves column (step, a metric) or runs column")
+    pl.add_argument("--y", required=True, help="curves metric, or runs column if --x is one")
+    pl.add_argument("--hue", default=None, help="runs column: one line per value")
+    pl.add_argument("--where", default=None, help="SQL predicate on runs, e.g. \"d = 100\"")
+    pl.add_argument("--logx", action="store_true")
+    pl.add_argument("--logy", action="store_true")
+    pl.add_argument("--spread", choices=["minmax", "std", "none"], default="minmax",
+                    help="shaded band over the runs of a line: min-max (default), ±1 std")
+    pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
+    pl.add_argument("--out", default="results", help="results root (default: results)")
+    pl.set_defaults(fn=cmd_plot)
+
+    bn = sub.add_parser("bench", help="benchmark the engine on this device: throughput, "
+                                      "compile, FLOP/s and bytes/s against measured ceilings",
+                        description="Runs every available experiment family at a small and a "
+                                    "large run count end to end through the engine, measures "
+                                    "the device's matmul and copy ceilings and baselines "
+                                    "(per-run loops, a hand-written vmapped kernel, PyTorch if "
+                                    "installed) in the same process; writes bench.parquet, "
+                                    "bench.md and bench.json.")
+    bn.add_argument("--suite", choices=["quick", "full", "tiny"], default="quick",
+                    metavar="{quick,full}",
+                    help="quick (a few minutes on a laptop CPU, default) or full (larger runs)")
+    bn.add_argument("--out", default=None,
+                    help="output folder (default: benchmarks/results/bench-<date>)")
+    bn.add_argument("--only", default=None, metavar="EXP[,EXP...]",
+                    help="only these experiments, e.g. eos.mean_model,dc.neuron")
+    bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    bn.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    bn.set_defaults(fn=cmd_bench)
     return ap
 
 

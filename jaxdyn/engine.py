@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -354,9 +355,13 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
     for g in plan_groups(sweep, exp, all_runs):
         runner = None
         size = chunk_size or sweep.chunk_size
+        # chunks of a shared-data experiment never span seeds: size them for one seed's runs
+        n_max = len(g.runs)
+        if exp.make_data is not None:
+            n_max = max(Counter(r.seed for r in g.runs).values())
         if size is None:  # automatic size: needs the compiled program
             runner = ChunkRunner(exp, sweep, g, probes)
-            size = runner.choose_chunk(len(g.runs), None)
+            size = runner.choose_chunk(n_max, None)
         for c in chunks_of(g, size, exp.make_data is not None):
             mine = block % process_count == process_index
             block += 1
@@ -367,7 +372,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
                 continue
             if runner is None:
                 runner = ChunkRunner(exp, sweep, g, probes)
-                runner.choose_chunk(len(g.runs), size)
+                runner.choose_chunk(n_max, size)
             work.append((runner, g, todo))
     n_todo = sum(len(c) for _, _, c in work)
     if progress:
