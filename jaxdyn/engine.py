@@ -15,6 +15,7 @@ data order across the grid, and nothing depends on the chunk, the device count o
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -377,7 +378,8 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
     n_todo = sum(len(c) for _, _, c in work)
     if progress:
         progress("start", total_runs=n_todo, total_chunks=len(work))
-    state = {"pid": os.getpid(), "process_index": process_index, "started": time.time(),
+    state = {"pid": os.getpid(), "host": platform.node(), "process_index": process_index,
+             "started": time.time(),
              "chunks_total": len(work), "chunks_done": 0, "runs_total": n_todo,
              "runs_done": 0, "steps": sweep.steps, "finished": None}
     store.write_progress(state, process_index)
