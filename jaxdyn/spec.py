@@ -32,6 +32,7 @@ import json
 import math
 import re
 import tomllib
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -44,6 +45,13 @@ PRECISIONS = ("float32", "float64")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 #: Grids larger than this are refused unless the user confirms (``--yes``).
 MAX_RUNS_UNCONFIRMED = 5_000_000
+#: No sweep may have more runs than this, nor more grid points before ``[sample]``: far
+#: beyond what one sweep can hold in memory (each run is a Python object before it is run).
+MAX_RUNS = 1_000_000_000
+#: An integer range with at most this many points is expanded while the file is validated
+#: (rounding to integers may merge points, so its length is known only after expanding);
+#: a longer one counts as ``num`` points until the run count has been checked.
+_INT_RANGE_EXPAND = 1_000_000
 
 
 class SpecError(ValueError):
@@ -55,6 +63,25 @@ class SpecError(ValueError):
         if key:
             where += f": key '{key}'"
         super().__init__(f"{where}: {message}")
+
+
+class TooManyRuns(SpecError):
+    """The sweep has more runs than allowed; raised before anything is expanded.
+
+    ``n_runs`` is the run count computed from the counts alone (seeds × grid axis lengths ×
+    zip length, after ``[sample]``); ``exact`` is False when an integer range longer than
+    ``_INT_RANGE_EXPAND`` makes it an upper bound (rounding may merge its points)."""
+
+    def __init__(self, file, n_runs: int, exact: bool, limit: int, confirmable: bool):
+        self.n_runs, self.exact, self.limit = n_runs, exact, limit
+        count = f"{n_runs:,} runs" if exact else f"up to {n_runs:,} runs"
+        if confirmable:
+            msg = (f"the sweep has {count} (more than {limit:,}); pass --yes to run it "
+                   f"anyway")
+        else:
+            msg = (f"the sweep has {count}, more than the {limit:,} one sweep can hold (even "
+                   f"with --yes); use fewer seeds or grid points, or [sample] a subset")
+        super().__init__(file, None, msg)
 
 
 @dataclass(frozen=True)
@@ -180,14 +207,21 @@ class Sweep:
             keys = list(self.zip)
             m = len(self.zip[keys[0]])
             axes.append([tuple((k, self.zip[k][i]) for k in keys) for i in range(m)])
-        total = math.prod(len(a) for a in axes)
-        keep = None
-        if self.sample is not None:
+        if self.sample is None:
+            combos: Iterator[tuple] = itertools.product(*axes)
+        else:
+            # the kept indices into the product (C order, as itertools.product), ascending:
+            # the same points in the same order as filtering the product, without walking it
+            total = math.prod(len(a) for a in axes)
             rng = np.random.default_rng(int(self.sample.get("seed", 0)))
-            keep = set(rng.choice(total, size=self._sample_count(total), replace=False).tolist())
-        for i, combo in enumerate(itertools.product(*axes)):
-            if keep is not None and i not in keep:
-                continue
+            keep = np.sort(rng.choice(total, size=self._sample_count(total), replace=False))
+            if axes:
+                idx = np.unravel_index(keep, [len(a) for a in axes])
+                combos = (tuple(a[int(j[n])] for a, j in zip(axes, idx))
+                          for n in range(len(keep)))
+            else:
+                combos = iter([()] * len(keep))
+        for combo in combos:
             pt = {}
             for item in combo:
                 if item and isinstance(item[0], tuple):
@@ -242,8 +276,48 @@ def _int(file, key, v, minimum=None) -> int:
     return v
 
 
-def _axis_values(file, key: str, spec, param: Param) -> list:
-    """A grid axis: a non-empty list, or a range table {start, stop, num, spacing}."""
+@dataclass(frozen=True)
+class _Range:
+    """A validated range table not expanded yet: ``length`` points (for an integer range an
+    upper bound: rounding may merge points), expanded by :meth:`values` once the run count
+    has been checked."""
+
+    file: Any
+    key: str
+    start: float
+    stop: float
+    num: int
+    spacing: str
+    param: Param
+
+    @property
+    def length(self) -> int:
+        return self.num
+
+    @property
+    def exact(self) -> bool:
+        return self.param.type is not int
+
+    def values(self) -> list:
+        vals = (np.geomspace(self.start, self.stop, self.num) if self.spacing == "log"
+                else np.linspace(self.start, self.stop, self.num))
+        if self.param.type is int:
+            vals = np.unique(np.round(vals).astype(np.int64))
+        return _coerce_all(self.file, self.key, [v.item() for v in vals], self.param)
+
+
+def _coerce_all(file, key: str, values: list, param: Param) -> list:
+    if not values:
+        raise SpecError(file, key, "empty list: a grid axis needs at least one value")
+    return [param.coerce(v, file, f"{key}[{i}]") for i, v in enumerate(values)]
+
+
+def _axis_values(file, key: str, spec, param: Param) -> list | _Range:
+    """A grid axis: a non-empty list, or a range table {start, stop, num, spacing}.
+
+    A range table is checked but returned unexpanded (a :class:`_Range`) unless it is an
+    integer range of at most ``_INT_RANGE_EXPAND`` points: ``num`` may be huge, and the run
+    count must be checked before anything of that size is allocated."""
     if isinstance(spec, dict):
         allowed = {"start", "stop", "num", "spacing"}
         for k in spec:
@@ -267,19 +341,38 @@ def _axis_values(file, key: str, spec, param: Param) -> list:
         if param.type not in (int, float):
             raise SpecError(file, key, f"a range needs a numeric hyperparameter; "
                                        f"'{param.name}' is {param.type.__name__}")
-        vals = (np.geomspace(start, stop, num) if spacing == "log"
-                else np.linspace(start, stop, num))
-        if param.type is int:
-            vals = np.unique(np.round(vals).astype(np.int64))
-        values = [v.item() for v in vals]
-    elif isinstance(spec, list):
-        values = spec
-    else:
-        raise SpecError(file, key, f"expected a list of values or a range table "
-                                   f"{{start, stop, num, spacing}}, got {spec!r}")
-    if not values:
-        raise SpecError(file, key, "empty list: a grid axis needs at least one value")
-    return [param.coerce(v, file, f"{key}[{i}]") for i, v in enumerate(values)]
+        rng = _Range(file, key, start, stop, num, spacing, param)
+        if param.type is int and num <= _INT_RANGE_EXPAND:
+            return rng.values()
+        return rng
+    if isinstance(spec, list):
+        return _coerce_all(file, key, spec, param)
+    raise SpecError(file, key, f"expected a list of values or a range table "
+                               f"{{start, stop, num, spacing}}, got {spec!r}")
+
+
+def _check_run_count(file, n_seeds: int, axes: Sequence[list | _Range], sample: dict | None,
+                     max_runs: int | None) -> None:
+    """Refuse a sweep with too many runs, from the counts alone (nothing is expanded)."""
+    exact = all(isinstance(a, list) or a.exact for a in axes)
+    total = math.prod(len(a) if isinstance(a, list) else a.length for a in axes)
+    n_points = total
+    if sample is not None and "count" in sample:
+        n_points = min(int(sample["count"]), total)
+    elif sample is not None:  # as Sweep._sample_count, exactly where a float could overflow
+        f = sample["fraction"]
+        n_points = max(1, int(round(f * total)) if total < 2**53
+                       else round(Fraction(f) * total))
+    n = n_points * n_seeds
+    if n > MAX_RUNS:
+        raise TooManyRuns(file, n, exact, MAX_RUNS, confirmable=False)
+    if max_runs is not None and n > max_runs:
+        raise TooManyRuns(file, n, exact, max_runs, confirmable=True)
+    if total > MAX_RUNS:  # only with [sample]: every axis is expanded before sampling
+        what = f"{total:,}" if exact else f"up to {total:,}"
+        raise SpecError(file, "sample", f"the grid has {what} points before sampling, more "
+                                        f"than the {MAX_RUNS:,} one sweep can expand; use "
+                                        f"fewer grid points")
 
 
 def _table(file, doc: dict, key: str) -> dict:
@@ -290,7 +383,7 @@ def _table(file, doc: dict, key: str) -> dict:
 
 
 def parse(text: str, params_of, *, file: str | Path | None = None,
-          overrides: Sequence[str] = ()) -> Sweep:
+          overrides: Sequence[str] = (), max_runs: int | None = None) -> Sweep:
     """Parse and validate a sweep file.
 
     Args:
@@ -300,6 +393,8 @@ def parse(text: str, params_of, *, file: str | Path | None = None,
       overrides: ``key=value`` strings (``--set``), applied before validation. ``key`` is a
         dotted path into the file (``steps``, ``fixed.init_scale``, ``log.every``), or a bare
         hyperparameter name, which fixes it for every run (replacing any grid/zip axis).
+      max_runs: refuse (:class:`TooManyRuns`) a sweep with more runs than this, before
+        expanding it; sweeps over :data:`MAX_RUNS` are always refused.
     """
     try:
         doc = tomllib.loads(text)
@@ -307,7 +402,7 @@ def parse(text: str, params_of, *, file: str | Path | None = None,
         raise SpecError(file, None, f"not valid TOML: {e}") from None
     for ov in overrides:
         _apply_override(doc, ov, file, params_of)
-    return validate(doc, params_of, file=file, source=text)
+    return validate(doc, params_of, file=file, source=text, max_runs=max_runs)
 
 
 def _apply_override(doc: dict, ov: str, file, params_of) -> None:
@@ -338,7 +433,12 @@ def _apply_override(doc: dict, ov: str, file, params_of) -> None:
     node[parts[-1]] = value
 
 
-def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
+def validate(doc: dict, params_of, *, file=None, source: str = "",
+             max_runs: int | None = None) -> Sweep:
+    """Check a parsed sweep file and build its :class:`Sweep`.
+
+    The run count is computed from the counts before anything is expanded: more than
+    ``max_runs`` (when given) or than :data:`MAX_RUNS` raises :class:`TooManyRuns`."""
     for k in doc:
         if k not in SCHEMA_KEYS:
             raise SpecError(file, k, f"unknown key; expected one of {list(SCHEMA_KEYS)}"
@@ -371,13 +471,15 @@ def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
         seeds = tuple(_int(file, f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds_v))
         if len(set(seeds)) != len(seeds):
             raise SpecError(file, "seeds", "seeds must be distinct")
+        if any(s >= 2**31 for s in seeds):
+            raise SpecError(file, "seeds", "seeds must be < 2**31")
+        n_seeds = len(seeds)
     else:
-        n = _int(file, "seeds", seeds_v)
-        if n <= 0:
-            raise SpecError(file, "seeds", f"expected a positive count or a list of ints, got {n}")
-        seeds = tuple(range(n))
-    if any(s >= 2**31 for s in seeds):
-        raise SpecError(file, "seeds", "seeds must be < 2**31")
+        n_seeds = _int(file, "seeds", seeds_v)
+        if n_seeds <= 0:
+            raise SpecError(file, "seeds", f"expected a positive count or a list of ints, "
+                                           f"got {n_seeds}")
+        seeds = None  # 0..n-1, built once the run count has been checked
 
     log_v = doc.get("log", {"points": 100, "spacing": "linear"})
     if not isinstance(log_v, dict):
@@ -472,6 +574,15 @@ def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
     if not isinstance(description, str):
         raise SpecError(file, "description", "expected a string")
 
+    # Everything is checked; count the runs before expanding seeds and ranges.
+    _check_run_count(file, n_seeds, list(grid.values()) + list(zipped.values())[:1], sample,
+                     max_runs)
+    if seeds is None:
+        if n_seeds > 2**31:
+            raise SpecError(file, "seeds", "seeds must be < 2**31")
+        seeds = tuple(range(n_seeds))
+    grid = {k: v.values() if isinstance(v, _Range) else v for k, v in grid.items()}
+
     sweep = Sweep(name=name, experiment=exp, steps=steps, seeds=seeds, log=log,
                   precision=precision, fixed=fixed, grid=grid, zip=zipped, sample=sample,
                   probes=dict(probes), params=params, file=str(file) if file else None,
@@ -486,7 +597,8 @@ def validate(doc: dict, params_of, *, file=None, source: str = "") -> Sweep:
     return sweep
 
 
-def load(path: str | Path, params_of, overrides: Sequence[str] = ()) -> Sweep:
+def load(path: str | Path, params_of, overrides: Sequence[str] = (),
+         max_runs: int | None = None) -> Sweep:
     """Read and validate a sweep file from disk."""
     path = Path(path)
     try:
@@ -495,4 +607,4 @@ def load(path: str | Path, params_of, overrides: Sequence[str] = ()) -> Sweep:
         raise SpecError(path, None, "no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(path, None, f"cannot read: {e}") from None
-    return parse(text, params_of, file=path, overrides=overrides)
+    return parse(text, params_of, file=path, overrides=overrides, max_runs=max_runs)

@@ -105,8 +105,7 @@ class SweepStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
-        if self.dir.is_symlink():
-            raise StoreError(f"{self.dir} is a symbolic link; refusing to write through it")
+        self._refuse_symlinks()
         self._lock()
         man_path = self.dir / "manifest.json"
         if man_path.exists():
@@ -151,6 +150,7 @@ class SweepStore:
         """Open the folder as process ``process_index`` > 0 of a multi-process run, after
         process 0 has opened it (created or checked the manifest, cleaned up)."""
         self.process_index = process_index
+        self._refuse_symlinks()
         self._lock(f".{self.name}.lock.{process_index}")
         try:
             man = self.manifest()
@@ -164,11 +164,24 @@ class SweepStore:
                              f"this process has {sweep.hash}); every process must run the "
                              f"same file with the same --set")
 
+    def _refuse_symlinks(self) -> None:
+        """Nothing is written through a symbolic link: not the sweep folder, nor its
+        ``runs``, ``curves`` or ``manifest.json`` (a link there would send parts, or the
+        manifest check, to another place)."""
+        for p in (self.dir, self.dir / "runs", self.dir / "curves",
+                  self.dir / "manifest.json"):
+            if p.is_symlink():
+                raise StoreError(f"{p} is a symbolic link; refusing to write through it")
+
     def _lock(self, lock_name: str | None = None) -> None:
         lock_path = self.root / (lock_name or f".{self.name}.lock")
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a planted link must not make us create or open a file elsewhere
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{lock_path} is a symbolic link; refusing to write through "
+                                 f"it") from None
             raise StoreError(f"cannot write to {self.root}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -159,6 +159,10 @@ def test_all_runs_diverging_still_completes(cli, write_sweep, tmp_path):
     code, out, err = cli("run", path, "--out", tmp_path)
     assert code == 0, err
     assert (jaxdyn.load(tmp_path / "allbad").runs.status == "diverged").all()
+    # the summary says so: both runs were run now, and both diverged
+    lines = out.splitlines()
+    assert "runs       2 total, 2 run now, 0 already done" in lines, out
+    assert "diverged   2 of the runs run now" in lines, out
 
 
 def test_one_compilation_per_static_group(write_sweep):
@@ -226,9 +230,14 @@ def test_changed_sweep_refused_unless_force(cli, write_sweep, tmp_path):
     assert sorted(p.name for p in (tmp_path / "scan" / "runs").iterdir()) == before
     code, _, err = cli("run", changed, "--out", tmp_path, "--force", "--quiet")
     assert code == 0, err
-    assert (jaxdyn.load(tmp_path / "scan").runs.steps if False else True)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("scan.replaced-")]
     assert len(aside) == 1 and sorted(p.name for p in (aside[0] / "runs").iterdir()) == before
+    # the folder now holds the changed sweep's runs only (steps is part of run_id): all 8 of
+    # them, none of the old ones, which are aside
+    new_ids = set(jaxdyn.load(tmp_path / "scan").runs.run_id)
+    old_ids = set(jaxdyn.load(aside[0]).runs.run_id)
+    assert new_ids == {r.run_id for r in spec.load(changed, experiments.params_of).runs()}
+    assert len(new_ids) == len(old_ids) == 8 and not new_ids & old_ids
     assert jaxdyn.load(tmp_path / "scan").manifest["sweep"]["steps"] == 3000
 
 
@@ -237,3 +246,166 @@ def test_analysis_side_does_not_import_jax(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_permuted_and_extended_grid_gives_bitwise_identical_common_runs(cli, write_sweep,
+                                                                         tmp_path):
+    """A run's results do not depend on the rest of the grid: reorder the grid and the
+    seeds, add grid values, seeds and a new axis value, and every common run_id has exactly
+    the same curves and final values (it sits at another place in another chunk)."""
+    lrs = np.geomspace(1e-3, 5e-2, 10).tolist()  # η* = 8π/d² ≈ 2.5e-3 for d = 100: most at EoS
+    base = f"""
+        name = "perm"
+        experiment = "eos.mean_model"
+        steps = 600
+        seeds = [0, 5]
+        log = {{ every = 50 }}
+        [grid]
+        d = [100]
+        lr = {lrs!r}
+    """
+    more = np.geomspace(2e-3, 3e-2, 6).tolist()
+    ext = (base.replace("seeds = [0, 5]", "seeds = [9, 5, 0]")
+           .replace("d = [100]", "d = [50, 100]")
+           .replace(f"lr = {lrs!r}", f"lr = {lrs[::-1][:5] + more + lrs[::-1][5:]!r}"))
+    chunks = []
+    for text, name, out in ((base, "a.toml", "a"), (ext, "b.toml", "b")):
+        path = write_sweep(text, name)
+        code, _, err = cli("run", path, "--out", tmp_path / out, "--chunk-size", 8, "--quiet")
+        assert code == 0, err
+        sw = spec.load(path, experiments.params_of)
+        (g,) = engine.plan_groups(sw, experiments.get(sw.experiment), sw.runs())
+        chunks.append([[r.run_id for r in c] for c in engine.chunks_of(g, 8, False)])
+    # the common runs sit elsewhere: no chunk of the first sweep recurs in the second, and
+    # no common run keeps its place in its chunk
+    assert not {tuple(c) for c in chunks[0]} & {tuple(c) for c in chunks[1]}
+    where = [{rid: (i, j) for i, c in enumerate(cs) for j, rid in enumerate(c)} for cs in chunks]
+    assert all(where[0][rid] != where[1][rid] for rid in where[0])
+    (ra, ca), (rb, cb) = curves_of(tmp_path / "a" / "perm"), curves_of(tmp_path / "b" / "perm")
+    assert len(ra) == 20 and len(rb) == 3 * 2 * 16 and set(ra.index) <= set(rb.index)
+    ids = sorted(ra.index)
+    assert (ra.status == "ok").all()
+    cb = cb.loc[ids]
+    assert ca.index.equals(cb.index)
+    for m in METRICS:
+        np.testing.assert_array_equal(ca[m].to_numpy(), cb[m].to_numpy(), err_msg=m)
+    for col in [c for c in ra.columns if c.startswith("final_")] + ["seed", "lr", "d"]:
+        np.testing.assert_array_equal(ra.loc[ids, col].to_numpy(), rb.loc[ids, col].to_numpy(),
+                                      err_msg=col)
+
+
+# ---- the CLI's output ------------------------------------------------------------------------
+def test_list_prints_every_experiment_with_hyperparameters_and_metrics(cli):
+    import re
+
+    code, out, _ = cli("list")
+    assert code == 0
+    lines = out.splitlines()
+    names = experiments.names()
+    assert {"eos.mean_model", "test.quadratic"} <= set(names)
+    starts = [lines.index(n) for n in names]  # each experiment's block starts with its name
+    assert starts == sorted(starts)
+    for n, a, b in zip(names, starts, starts[1:] + [len(lines)]):
+        exp, block = experiments.get(n), lines[a:b]
+        assert exp.doc in block[1]
+        h, m = block.index("    hyperparameters:"), block.index("    metrics:")
+        params = [ln for ln in block[h + 1:m]]
+        assert len(params) == len(exp.params), (n, params)
+        for p, ln in zip(exp.params, params):
+            kind = "static" if p.static else "dynamic"
+            pat = (rf"^\s+{re.escape(p.name)}\s+{p.type.__name__}\s+{kind}\s+default "
+                   rf"{re.escape(repr(p.default))}(\s|$)")
+            assert re.match(pat, ln), (n, p, ln)
+            if p.choices:
+                assert f"one of {list(p.choices)}" in ln, ln
+        metrics = [ln.split()[0] for ln in block[m + 1:] if ln.strip()]
+        assert metrics == [mt.name for mt in exp.metrics], (n, metrics)
+    mm = lines[lines.index("eos.mean_model"):]
+    assert re.match(r"^\s+lr\s+float\s+dynamic\s+default 0\.001\b", mm[3]), mm[3]
+    assert re.match(r"^\s+d\s+int\s+dynamic\s+default 100\b", mm[4]), mm[4]
+
+
+def test_progress_off_a_terminal_is_plain_lines(cli, write_sweep, tmp_path):
+    """stderr is not a terminal here (captured): no bar, one line to start, one per chunk."""
+    import re
+    import sys
+
+    assert not sys.stderr.isatty()
+    path = write_sweep("""
+        name = "prog"
+        experiment = "test.quadratic"
+        steps = 50
+        seeds = 3
+        log = { every = 10 }
+        [grid]
+        lr = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    """)
+    code, out, err = cli("run", path, "--out", tmp_path, "--chunk-size", 10)
+    assert code == 0, err
+    assert "\r" not in err and "\x1b" not in err  # no bar redrawing in place
+    lines = err.splitlines()
+    assert lines[0] == "[jaxdyn] prog: 24 runs to do in 3 chunks"
+    done = []
+    for i, ln in enumerate(lines[1:], 1):
+        m = re.fullmatch(r"\[jaxdyn\] chunk (\d+)/3: (\d+)/24 runs, [\d.]+ runs/s "
+                         r"\(\S+ run·steps/s\), ETA \S+", ln)
+        assert m, ln
+        assert int(m[1]) == i
+        done.append(int(m[2]))
+    assert done == [10, 20, 24]
+    assert "runs       24 total, 24 run now, 0 already done" in out
+
+
+# ---- column types of the runs table ---------------------------------------------------------
+def _typed_step(state, key, static, hp, data):
+    return {"x": state["x"] * (1 - hp["lr"] * hp["n"])}
+
+
+TYPED = experiments.register(Experiment(
+    name="test.typed",
+    doc="x ← (1 − η n) x, with a hyperparameter of every type",
+    params=(Param("lr", 0.1, float), Param("n", 1, int),
+            Param("variant", "a", str, static=True, choices=("a", "b")),
+            Param("flag", False, bool, static=True)),
+    metrics=(Metric("x"),),
+    init=lambda key, static, hp, data: {"x": jnp.ones((), static["dtype"])},
+    step=_typed_step,
+    measure=lambda s, static, hp, data: {"x": s["x"]},
+))
+
+
+def test_runs_table_columns_typed_as_declared(cli, write_sweep, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = write_sweep("""
+        name = "typed"
+        experiment = "test.typed"
+        steps = 80
+        seeds = 2
+        log = { every = 10 }
+        [fixed]
+        flag = true
+        [grid]
+        lr = [0.5, 2.5]
+        n = [1, 2]
+        variant = ["a", "b"]
+    """)
+    code, _, err = cli("run", path, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    expected = {"run_id": pa.string(), "group": pa.string(), "seed": pa.int64(),
+                "lr": pa.float64(), "n": pa.int64(), "variant": pa.string(),
+                "flag": pa.bool_(), "status": pa.string(), "diverged_step": pa.int64(),
+                "final_x": pa.float32(), "wall_s": pa.float64()}
+    parts = sorted((tmp_path / "typed" / "runs").glob("part-*.parquet"))
+    assert len(parts) == 2  # one per static group
+    for f in parts:
+        schema = pq.read_schema(f)
+        assert {n: schema.field(n).type for n in schema.names} == expected, (f.name, schema)
+    runs = jaxdyn.load(tmp_path / "typed").runs
+    assert len(runs) == 16 and set(runs.n) == {1, 2} and set(runs.variant) == {"a", "b"}
+    assert runs.flag.all()
+    # η n = 5: x_t = (−4)^t = 2^(2t) overflows float32 at t = 64; the others stay finite
+    bad = (runs.lr == 2.5) & (runs.n == 2)
+    assert (runs.status[bad] == "diverged").all() and (runs.status[~bad] == "ok").all()
+    assert (runs.diverged_step[bad] == 64).all() and runs.diverged_step[~bad].isna().all()

@@ -19,8 +19,8 @@ d = [50, 100]
 """
 
 
-def parse(text, overrides=()):
-    return spec.parse(text, experiments.params_of, file="x.toml", overrides=overrides)
+def parse(text, overrides=(), **kw):
+    return spec.parse(text, experiments.params_of, file="x.toml", overrides=overrides, **kw)
 
 
 def test_grid_expansion_and_defaults():
@@ -146,3 +146,70 @@ def test_huge_grid_refused_before_expansion(cli, write_sweep, tmp_path):
     code, _, err = cli("run", write_sweep(text), "--out", tmp_path / "o")
     assert code == 2 and "20,000,000 runs" in err and "--yes" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("label,old,new,count", [
+    # seeds × lr points × d values: tuple(range(10**12)) or geomspace(..., 10**12) would
+    # fail to allocate (MemoryError) before the count could be checked
+    ("seeds", "seeds = 2", "seeds = 1000000000000", "6,000,000,000,000"),
+    ("range num", "num = 3", "num = 1000000000000", "4,000,000,000,000"),
+], ids=["seeds=10**12", "num=10**12"])
+def test_huge_counts_refused_from_the_counts_before_any_allocation(label, old, new, count, cli,
+                                                                   write_sweep, tmp_path):
+    """Refused like test_huge_grid_refused_before_expansion (status 2, the run count, --yes
+    named), but as more than any sweep can hold: --yes would not help, so it says so, and
+    with --yes it is refused the same way rather than crashed on."""
+    path = write_sweep(GOOD.replace(old, new))
+    for yes in ((), ("--yes",)):
+        code, _, err = cli("run", path, "--out", tmp_path / "o", *yes)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert (f"{path}: the sweep has {count} runs, more than the 1,000,000,000 one sweep "
+                f"can hold (even with --yes)") in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_huge_grid_before_sample_refused(cli, write_sweep, tmp_path):
+    """A [sample] of 5 points from 10**12 would still expand the whole axis first."""
+    path = write_sweep(GOOD.replace("num = 3", "num = 1000000000000")
+                       + "[sample]\ncount = 5\n")
+    code, _, err = cli("run", path, "--out", tmp_path / "o", "--yes")
+    assert code == 2 and "Traceback" not in err, err
+    assert "'sample'" in err and "2,000,000,000,000 points before sampling" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_long_integer_range_counts_as_num_until_checked():
+    """An integer range longer than _INT_RANGE_EXPAND is counted as ``num`` points ("up to":
+    rounding may merge them) before the check, and expanded exactly once it is allowed."""
+    text = GOOD.replace("d = [50, 100]", "d = { start = 1, stop = 100, num = 2000000 }")
+    with pytest.raises(spec.TooManyRuns, match=r"has up to 12,000,000 runs \(more than "
+                                               r"5,000,000\); pass --yes") as e:
+        parse(text, max_runs=spec.MAX_RUNS_UNCONFIRMED)
+    assert e.value.n_runs == 12_000_000 and not e.value.exact
+    sw = parse(text)  # confirmed: expanded, and rounding merged the points
+    assert sw.grid["d"] == list(range(1, 101)) and sw.n_runs() == 600
+    assert all(type(v) is int for v in sw.grid["d"])
+
+
+def test_sampled_points_are_the_kept_points_of_the_full_product_in_order():
+    """[sample] picks points by index into the product without walking it: the same points,
+    in the same order, as filtering the full product with the sample's kept indices."""
+    import numpy as np
+
+    text = (GOOD.replace("num = 3", "num = 7") + "[zip]\nb0 = [0.0, 0.1, 0.2]\n"
+            "init_scale = [0.1, 0.2, 0.3]\n").replace("[fixed]\ninit_scale = 0.02", "")
+    for sample in ("count = 11\nseed = 4", "fraction = 0.3\nseed = 9", "count = 42"):
+        sw = parse(text + f"[sample]\n{sample}\n")
+        full = list(parse(text).points())
+        assert len(full) == 7 * 2 * 3
+        seed = int(sw.sample.get("seed", 0))
+        keep = set(np.random.default_rng(seed).choice(len(full), size=sw.n_points(),
+                                                       replace=False).tolist())
+        expected = [p for i, p in enumerate(full) if i in keep]
+        assert list(sw.points()) == expected and len(expected) == sw.n_points()
+    # the product order: lr slowest, then d, then the zipped pair fastest
+    lr0 = full[0]["lr"]
+    assert full[:4] == [dict(lr=lr0, d=50, b0=0.0, init_scale=0.1),
+                        dict(lr=lr0, d=50, b0=0.1, init_scale=0.2),
+                        dict(lr=lr0, d=50, b0=0.2, init_scale=0.3),
+                        dict(lr=lr0, d=100, b0=0.0, init_scale=0.1)]
