@@ -577,7 +577,7 @@ def _mm_pieces(d: int, init_scale: float):
     import jax
     import jax.numpy as jnp
 
-    from jaxdyn.experiments.eos import _mm_loss
+    from jaxdyn.experiments.eos import _mm_loss, mean_model_grad
 
     f32 = jnp.float32
     d32, s32 = jnp.asarray(d, f32), jnp.asarray(init_scale, f32)
@@ -588,7 +588,7 @@ def _mm_pieces(d: int, init_scale: float):
                 "a_plus": s32 * jax.random.normal(k2, (), f32), "b": jnp.zeros((), f32)}
 
     def step(p, lr):
-        g = jax.grad(_mm_loss)(p, d32)
+        g = mean_model_grad(p, d32)  # the engine's own gradient: same math
         return {k: p[k] - lr * g[k] for k in p}
 
     def measure(p):

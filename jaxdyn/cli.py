@@ -27,6 +27,8 @@ def _fmt_rate(x: float) -> str:
 
 
 def _fmt_s(s: float) -> str:
+    if s < 10:
+        return f"{s:.2f}s"
     if s < 120:
         return f"{s:.1f}s"
     return f"{s / 60:.1f}min"
@@ -98,13 +100,12 @@ def cmd_run(args) -> int:
     if args.chunk_size is not None and args.chunk_size <= 0:
         return _err(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     try:
-        sweep = spec.load(args.file, experiments.params_of, overrides=args.set or [])
+        # the run count is checked from the counts, before seeds or ranges are expanded:
+        # over MAX_RUNS_UNCONFIRMED needs --yes, over MAX_RUNS is always refused
+        sweep = spec.load(args.file, experiments.params_of, overrides=args.set or [],
+                          max_runs=None if args.yes else spec.MAX_RUNS_UNCONFIRMED)
     except spec.SpecError as e:
         return _err(str(e))
-    n = sweep.n_runs()
-    if n > spec.MAX_RUNS_UNCONFIRMED and not args.yes:
-        return _err(f"{args.file}: the sweep has {n:,} runs (more than "
-                    f"{spec.MAX_RUNS_UNCONFIRMED:,}); pass --yes to run it anyway")
 
     import jax
 
@@ -173,6 +174,8 @@ def cmd_run(args) -> int:
         f"diverged   {s['diverged']} of the runs run now",
         f"wall time  {_fmt_s(s['wall_s'])} (compile {_fmt_s(s['compile_s'])}), "
         f"{_fmt_rate(s['run_steps_per_s'])} run·steps/s",
+        f"writing    {_fmt_s(s.get('write_s', 0.0))} on the writer thread, overlapped with "
+        f"compute; the sweep waited {_fmt_s(s.get('write_wait_s', 0.0))} for it",
         f"tables     {store.dir / 'runs'}  {store.dir / 'curves'}",
     ]
     print("\n".join(lines))

@@ -14,6 +14,7 @@ data order across the grid, and nothing depends on the chunk, the device count o
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -52,7 +53,9 @@ def _all_finite(tree, bound: float = float("inf")) -> jax.Array:
     (|x| < bound is False for NaN and, with bound = inf, for ±inf: one reduction per leaf.)"""
     leaves = [jnp.all(jnp.abs(x) < bound) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+    # an elementwise chain of ands, not stack + all: under vmap a stack of (runs,) leaves is
+    # a (leaves, runs) array and a reduction, which XLA cannot fuse into the step's kernel
+    return functools.reduce(jnp.logical_and, leaves) if leaves else jnp.bool_(True)
 
 
 def _freeze(ok, new, old):
@@ -85,15 +88,22 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
     A run whose state turns NaN/inf is frozen at its last finite state.
     ``probes``: ``(Probe, opts)`` pairs; a probe's columns are NaN where it did not run.
     """
-    starts = np.asarray(log_steps[:-1], np.int64)
-    lengths = np.asarray(np.diff(log_steps), np.int64)
+    # Log point j runs steps log_steps[j-1] .. log_steps[j] - 1, then measures (point 0
+    # runs none): one scan over all log points, so the program holds one copy of ``measure``
+    # (compile time grows with every copy of the metrics and probes).
+    log_steps = np.asarray(log_steps, np.int64)
+    starts = np.concatenate([[0], log_steps[:-1]])
+    lengths = log_steps - starts
     dt = static["dtype"]
     bound = float("inf") if diverge_above is None else float(diverge_above)
     flags = np.stack([probe_schedule(log_steps, int(o["every"])) for _, o in probes], 1) \
         if probes else np.zeros((len(log_steps), 0), bool)
 
+    metric_keys: list[str] = []  # the experiment's own metrics (not probes), set when traced
+
     def measure(state, hp, data, probe_flags):
         m = dict(exp.measure(state, static, hp, data))
+        metric_keys[:] = list(m)
         for j, (probe, opts) in enumerate(probes):
             def run_probe(state=state, probe=probe, opts=opts):
                 return probe.fn(exp, state, static, hp, data, opts)
@@ -111,7 +121,6 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             data = exp.make_data(k_data, static)
         state0 = exp.init(k_init, static, hp, data)
         alive0 = _all_finite(state0, bound)
-        m0 = measure(state0, hp, data, flags[0])
 
         def segment(carry, seg):
             start, n, probe_flags = seg
@@ -138,18 +147,16 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                                           carry)
             state, alive, _ = carry
             m = measure(state, hp, data, probe_flags)
-            m = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
-            return carry, m
+            return carry, ({k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}, m)
 
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64))
-        (state, alive, dstep), ms = jax.lax.scan(segment, carry0, (starts, lengths, flags[1:]))
-        curves = {k: jnp.concatenate([jnp.where(alive0, m0[k], jnp.nan)[None], ms[k]])
-                  for k in m0}
-        # The final state is the last finite one, so final metrics of a diverged run are
-        # its values just before divergence. Probes are not recomputed for it.
-        final = dict(exp.measure(state, static, hp, data))
+        (state, alive, dstep), (curves, raw) = jax.lax.scan(segment, carry0,
+                                                            (starts, lengths, flags))
+        # The state is frozen at its last finite value, so the last log point's unmasked
+        # metrics are the final metrics, also of a diverged run (its values just before it
+        # diverged). Probes are not part of them.
+        final = {k: raw[k][-1] for k in metric_keys}
         return curves, final, alive, dstep
-
     return run
 
 
@@ -413,6 +420,17 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdyn-writer")
     pending_write: Future | None = None
+    # write_s: the writer thread's busy time (device→host copy, Arrow, Parquet, fsync);
+    # write_wait_s: how long the sweep loop stood still waiting for it (what writing costs)
+    summary["write_s"] = summary["write_wait_s"] = 0.0
+
+    def finish_write(fut: Future) -> None:
+        tw = time.perf_counter()
+        n_div, busy = fut.result()
+        summary["write_wait_s"] += time.perf_counter() - tw
+        summary["diverged"] += n_div
+        summary["write_s"] += busy
+
     try:
         for i, (runner, g, chunk) in enumerate(work):
             tc = time.perf_counter()
@@ -420,7 +438,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
             jax.block_until_ready(out)
             wall = time.perf_counter() - tc
             if pending_write is not None:
-                summary["diverged"] += pending_write.result()
+                finish_write(pending_write)
                 store.write_progress(state, process_index)
             pending_write = writer.submit(_write_chunk, store, exp, sweep, runner, g, chunk,
                                           out, wall)
@@ -431,7 +449,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
             if progress:
                 progress("chunk", runs=len(chunk), wall=wall, index=i)
         if pending_write is not None:
-            summary["diverged"] += pending_write.result()
+            finish_write(pending_write)
     finally:
         writer.shutdown(wait=True)
     state["finished"] = time.time()
@@ -442,7 +460,10 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
     return summary
 
 
-def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall) -> int:
+def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall) -> tuple[int, float]:
+    """Copy a finished chunk to the host and commit its parts; returns (diverged runs, busy
+    seconds)."""
+    t0 = time.perf_counter()
     curves, final, alive, dstep = jax.device_get(out)
     n = len(chunk)
     alive = np.asarray(alive[:n])
@@ -451,4 +472,4 @@ def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall) -> int:
     final = {k: np.asarray(v[:n]) for k, v in final.items()}
     store.write_chunk(sweep, exp, group, chunk, runner.log_steps, curves, final, alive, dstep,
                       wall)
-    return int((~alive).sum())
+    return int((~alive).sum()), time.perf_counter() - t0

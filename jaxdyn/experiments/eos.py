@@ -46,6 +46,29 @@ def _mm_loss(params, d):
     return l_sym(d * (params["a_minus"] + params["a_plus"]) * g_relu_mean(params["b"]))
 
 
+_INV_SQRT_2 = 0.7071067811865476
+
+
+def mean_model_grad(params, d):
+    """∇F in closed form, the same value as ``jax.grad(_mm_loss)`` at about half the cost.
+
+    With u = a− + a+, s = d·u·g(b), ℓ_sym'(s) = ½·tanh(s/2) and g'(b) = Φ(b):
+
+        ∂F/∂a− = ∂F/∂a+ = ℓ_sym'(s)·d·g(b),    ∂F/∂b = ℓ_sym'(s)·d·u·Φ(b).
+
+    Autodiff differentiates both softplus terms of ℓ_sym (two sigmoids) and jax's ``ndtr``
+    (which evaluates erf and erfc and selects); here Φ(b) = ½·erfc(−b/√2), accurate in both
+    tails, is computed once and shared by g and g'. Shapes: every leaf as ``params``.
+    """
+    b = params["b"]
+    u = params["a_minus"] + params["a_plus"]
+    phi_cdf = 0.5 * jax.lax.erfc(-_INV_SQRT_2 * b)
+    dg = d * (b * phi_cdf + _INV_SQRT_2PI * jnp.exp(-0.5 * b * b))
+    lp = 0.5 * jnp.tanh(0.5 * u * dg)
+    ga = lp * dg
+    return {"a_minus": ga, "a_plus": ga, "b": lp * d * u * phi_cdf}
+
+
 def _mm_loss_ub(u, b, d):
     return l_sym(d * u * g_relu_mean(b))
 
@@ -77,7 +100,7 @@ def _mm_init(key, static, hp, data):
 
 def _mm_step(state, key, static, hp, data):
     opt = optax.sgd(hp["lr"])  # built from the traced lr: an lr sweep never recompiles
-    grads = jax.grad(_mm_loss)(state["params"], hp["d"])
+    grads = mean_model_grad(state["params"], hp["d"])
     updates, opt_state = opt.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
 
