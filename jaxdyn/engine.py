@@ -80,12 +80,14 @@ def _nan_like(tree):
 
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
-                diverge_above: float | None = None) -> Callable:
+                diverge_above: float | None = None, axis_name: str | None = None) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
 
     ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
     ``(len(log_steps),) + metric shape``; values logged after a divergence are NaN.
     A run whose state turns NaN/inf is frozen at its last finite state.
+    ``axis_name``: the ``vmap`` axis over runs, if any; with it, the check for divergence
+    inside a log segment is one branch for the whole batch (see ``segment``).
     ``probes``: ``(Probe, opts)`` pairs; a probe's columns are NaN where it did not run.
     """
     # Log point j runs steps log_steps[j-1] .. log_steps[j] - 1, then measures (point 0
@@ -122,29 +124,50 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         state0 = exp.init(k_init, static, hp, data)
         alive0 = _all_finite(state0, bound)
 
-        def segment(carry, seg):
-            start, n, probe_flags = seg
+        def guarded(i, c):
+            """One step that freezes a run at its last finite state and records the step
+            at which it diverged."""
+            state, alive, dstep = c
+            new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
+            ok = alive & _all_finite(new, bound)
+            return (_freeze(ok, new, state), ok, jnp.where(alive & ~ok, i + 1, dstep))
 
-            def body(i, c):
-                state, alive, dstep = c
-                new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
-                ok = alive & _all_finite(new, bound)
-                return (_freeze(ok, new, state), ok,
-                        jnp.where(alive & ~ok, i + 1, dstep))
+        def steps(body, start, n, carry):
+            if unroll == 1:  # one loop: the step is compiled once
+                return jax.lax.fori_loop(start, start + n, body, carry)
 
+            # Several steps per loop iteration let XLA fuse them into one kernel that keeps
+            # small per-run states in registers; the remainder runs one step at a time.
             def body_unrolled(j, c):
                 for u in range(unroll):
                     c = body(start + j * unroll + u, c)
                 return c
 
-            # Several steps per loop iteration let XLA fuse them into one kernel that keeps
-            # small per-run states in registers; the remainder runs one step at a time.
-            if unroll == 1:  # one loop: the step is compiled once
-                carry = jax.lax.fori_loop(start, start + n, body, carry)
-            else:
-                carry = jax.lax.fori_loop(0, n // unroll, body_unrolled, carry)
-                carry = jax.lax.fori_loop(start + (n // unroll) * unroll, start + n, body,
-                                          carry)
+            carry = jax.lax.fori_loop(0, n // unroll, body_unrolled, carry)
+            return jax.lax.fori_loop(start + (n // unroll) * unroll, start + n, body, carry)
+
+        def segment(carry, seg):
+            start, n, probe_flags = seg
+            state, alive, dstep = carry
+
+            # Fast path: the steps without the per-step freeze, which on a CPU costs more
+            # kernels than a cheap step itself (a reduction over the state's leaves, then a
+            # select per leaf). Only a flag of "ever left the finite region" is kept.
+            def fast(i, c):
+                st, bad = c
+                new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
+                return _freeze(alive, new, st), bad | ~_all_finite(new, bound)
+
+            fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
+            bad = alive & bad
+            # If any run of the chunk left it, the segment is run again from its start with
+            # the guarded step: the same values for every run, and the exact freeze for the
+            # bad ones. The flag is reduced over the chunk so that under vmap this stays a
+            # real branch, taken only by the segments where something diverged.
+            any_bad = jax.lax.psum(bad.astype(jnp.int32), axis_name) > 0 if axis_name else bad
+            carry = jax.lax.cond(any_bad,
+                                 lambda: steps(guarded, start, n, (state, alive, dstep)),
+                                 lambda: (fast_state, alive, dstep))
             state, alive, _ = carry
             m = measure(state, hp, data, probe_flags)
             return carry, ({k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}, m)
@@ -250,7 +273,7 @@ class ChunkRunner:
         self.mesh = Mesh(np.array(self.devices), ("runs",))
         self.dyn_names = exp.dynamic_names
         run = make_run_fn(exp, self.static, self.log_steps, probes,
-                          diverge_above=sweep.diverge_above)
+                          diverge_above=sweep.diverge_above, axis_name="runs")
         shared = shares_data(exp, group.static)
         self.per_seed = shared
 
@@ -259,7 +282,7 @@ class ChunkRunner:
             if shared:
                 data = exp.make_data(jax.random.fold_in(jax.random.PRNGKey(data_seed), 2),
                                      self.static)
-            return jax.vmap(run, in_axes=(0, 0, None))(dyn, seeds, data)
+            return jax.vmap(run, in_axes=(0, 0, None), axis_name="runs")(dyn, seeds, data)
 
         runs_sh = NamedSharding(self.mesh, P("runs"))
         rep = NamedSharding(self.mesh, P())

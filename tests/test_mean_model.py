@@ -50,6 +50,14 @@ def test_loss_gradient_and_sharpness_match_numpy():
                                    atol=1e-14)
         top = np.linalg.eigvalsh(np_hessian(np.array([am, ap, b]), d))[-1]
         assert float(eos.mean_model_sharpness(p, d)) == pytest.approx(top, rel=1e-6)
+        # the logged metrics are closed forms too: against the reference and jax.hessian
+        m = eos._mm_measure({"params": p}, {}, {"d": d, "lr": 0.1}, None)
+        assert float(m["loss"]) == pytest.approx(loss, rel=1e-12)
+        x = jnp.array([am, ap, b])
+        H = jax.hessian(lambda v: eos._mm_loss(dict(zip(("a_minus", "a_plus", "b"), v)), d))(x)
+        top_ad = np.linalg.eigvalsh(np.asarray(H))[-1]
+        assert float(m["sharpness"]) == pytest.approx(top_ad, rel=1e-10, abs=1e-12)
+        assert float(m["eta_sharpness"]) == pytest.approx(0.05 * top_ad, rel=1e-10, abs=1e-12)
     # at the origin the sharpness is d²/(4π): the stability limit 2/η gives η* = 8π/d²
     z = {"a_minus": jnp.float64(0), "a_plus": jnp.float64(0), "b": jnp.float64(0)}
     assert float(eos.mean_model_sharpness(z, 100.0)) == pytest.approx(100**2 / (4 * np.pi))
