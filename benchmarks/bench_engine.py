@@ -266,15 +266,21 @@ def bench_c(args, pieces, runs: int) -> dict:
     import jax
     import numpy as np
 
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     *_, run = pieces
-    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, args.steps, args.log_every)))
+    # the best a hand-written kernel can do here: sharded over every local device along the
+    # run axis, as the engine is (one device per CPU core when run like `jaxdyn run`)
+    sh = NamedSharding(Mesh(np.array(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
+    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, args.steps, args.log_every)),
+                     in_shardings=(sh, sh), out_shardings=sh)
     seeds_n = max(1, min(args.seeds, runs))
     lrs = np.repeat(lr_values(runs // seeds_n), seeds_n)
     seeds = np.tile(np.arange(seeds_n, dtype=np.uint32), runs // seeds_n)
     t0 = time.perf_counter()
     compiled = kernel.lower(lrs, seeds).compile()
     compile_s = time.perf_counter() - t0
-    lrs_d, seeds_d = jax.device_put(lrs), jax.device_put(seeds)
+    lrs_d, seeds_d = jax.device_put(lrs, sh), jax.device_put(seeds, sh)
     jax.block_until_ready((lrs_d, seeds_d))
     walls = []
     for _ in range(max(1, args.repeats)):

@@ -674,14 +674,21 @@ def baseline_hand_kernel(runs: int, steps: int, log_every: int, seeds: int = 4, 
     can be faster than one call when a chunk's state stays in cache."""
     import jax
 
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     *_, run = _mm_pieces(d, init_scale)
-    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, steps, log_every)))
+    # sharded over every local device along the run axis, as the engine's chunks are
+    devs = jax.local_devices()
+    sh = NamedSharding(Mesh(np.array(devs), ("runs",)), PartitionSpec("runs"))
+    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, steps, log_every)),
+                     in_shardings=(sh, sh), out_shardings=sh)
     seeds_n = max(1, min(seeds, runs))
     lrs = np.repeat(_lrs(runs // seeds_n), seeds_n)
     sd = np.tile(np.arange(seeds_n, dtype=np.uint32), runs // seeds_n)
-    n = len(lrs)
+    n = len(lrs) - len(lrs) % len(devs)
     size = min(chunk or n, n)
-    parts = [(jax.device_put(lrs[i:i + size]), jax.device_put(sd[i:i + size]))
+    size -= size % len(devs)
+    parts = [(jax.device_put(lrs[i:i + size], sh), jax.device_put(sd[i:i + size], sh))
              for i in range(0, n - size + 1, size)]  # whole chunks only
     t = time.perf_counter()
     compiled = kernel.lower(*parts[0]).compile()

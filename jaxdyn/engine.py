@@ -45,6 +45,8 @@ CPU_MIN_CHUNK = 64
 #: differently (the run axis vanishes), and a different program may round differently, which
 #: chaotic edge-of-stability dynamics amplify; padding keeps every chunk on one code path.
 RUNS_PER_DEVICE_MULTIPLE = 8
+#: The vmap axis over one device's runs (a segment's divergence check reduces over it).
+RUN_AXIS = "run"
 
 
 # ---- the run function --------------------------------------------------------------------
@@ -270,20 +272,32 @@ class ChunkRunner:
         self.static = {**group.static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
         self.log_steps = sweep.log.steps(sweep.steps)
         self.devices = jax.local_devices()
+        if (len(self.devices) > 1 and self.devices[0].platform == "cpu"
+                and group_uses_lapack(exp, sweep, group.static, probes)):
+            # several CPU devices deadlocked on LAPACK calls (see use_cpu_cores): one here
+            self.devices = self.devices[:1]
         self.mesh = Mesh(np.array(self.devices), ("runs",))
         self.dyn_names = exp.dynamic_names
         run = make_run_fn(exp, self.static, self.log_steps, probes,
-                          diverge_above=sweep.diverge_above, axis_name="runs")
+                          diverge_above=sweep.diverge_above, axis_name=RUN_AXIS)
         shared = shares_data(exp, group.static)
         self.per_seed = shared
 
-        def chunk_fn(dyn, seeds, data_seed):
+        def local_chunk(dyn, seeds, data_seed):
+            """One device's share of a chunk: its runs, and the data they share."""
             data = None
-            if shared:
+            if shared:  # the same data on every device, each makes its own copy
                 data = exp.make_data(jax.random.fold_in(jax.random.PRNGKey(data_seed), 2),
                                      self.static)
-            return jax.vmap(run, in_axes=(0, 0, None), axis_name="runs")(dyn, seeds, data)
+            return jax.vmap(run, in_axes=(0, 0, None), axis_name=RUN_AXIS)(dyn, seeds, data)
 
+        # shard_map, not jit's sharding propagation: runs never talk to each other, so each
+        # device runs its own runs with no collective at all. (Propagation replicated ops
+        # with no partitioning rule, such as the batched eigvalsh of the NTK probe, behind
+        # all-gathers inside conditionals, which deadlocked XLA's CPU client on 2 devices.)
+        chunk_fn = jax.shard_map(local_chunk, mesh=self.mesh,
+                                 in_specs=(P("runs"), P("runs"), P()), out_specs=P("runs"),
+                                 check_vma=False)
         runs_sh = NamedSharding(self.mesh, P("runs"))
         rep = NamedSharding(self.mesh, P())
         self._jitted = jax.jit(chunk_fn, in_shardings=(runs_sh, runs_sh, rep),
@@ -368,6 +382,76 @@ class ChunkRunner:
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
+
+
+#: Primitives that XLA's CPU client runs as LAPACK calls.
+LAPACK_PRIMITIVES = frozenset({"eigh", "eig", "qr", "svd", "cholesky", "lu", "schur",
+                               "householder_product", "geqrf", "geqp3", "tridiagonal",
+                               "tridiagonal_solve", "hessenberg", "orgqr"})
+
+
+def _primitives(jaxpr, out: set) -> set:
+    for eqn in jaxpr.eqns:
+        out.add(eqn.primitive.name)
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns"):
+                    _primitives(inner, out)
+    return out
+
+
+def uses_lapack(sweep: Sweep, exp: Experiment, probes=()) -> bool:
+    """Whether any group's run function calls LAPACK (eigvalsh, qr, ...), found by tracing
+    it to a jaxpr on abstract inputs (no device is touched, the backend is not started)."""
+    groups = plan_groups(sweep, exp, sweep.runs())
+    return any(group_uses_lapack(exp, sweep, g.static, probes) for g in groups)
+
+
+def group_uses_lapack(exp: Experiment, sweep: Sweep, group_static: dict, probes=()) -> bool:
+    static = {**group_static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
+    run = make_run_fn(exp, static, sweep.log.steps(sweep.steps), probes,
+                      diverge_above=sweep.diverge_above)
+    dyn = {k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names}
+    seed = jax.ShapeDtypeStruct((), jnp.uint32)
+    jaxpr = jax.make_jaxpr(lambda d, s: run(d, s, None))(dyn, seed)
+    return bool(_primitives(jaxpr.jaxpr, set()) & LAPACK_PRIMITIVES)
+
+
+def use_cpu_cores() -> int | None:
+    """Give JAX one CPU device per usable core, before its backend starts; returns the count
+    set, or None if it was left alone.
+
+    XLA's CPU client runs an elementwise kernel on one thread unless its arrays are large
+    (from about 256 KiB, i.e. 65,536 float32 runs, it splits them): a chunk of cheap
+    per-run steps used one core of two. One device per core and the chunk sharded over them
+    (as on several GPUs) uses them all: measured on the mean model, 2 cores, 16,384 runs,
+    1.3e8 -> 2.8e8 run·steps/s. Results do not depend on the device count (tested).
+
+    Not for programs that call LAPACK (``uses_lapack``): XLA's CPU client deadlocked with 2
+    devices on an eigvalsh fed by a dot inside a conditional in a scan (the bottleneck's NTK
+    probe; reproduced in a 10-line program, with or without synchronous dispatch).
+
+    Left alone when the user chose (``--xla_force_host_platform_device_count`` in XLA_FLAGS,
+    ``jax_num_cpu_devices`` set, or ``JAXDYN_CPU_DEVICES``: a count, 0 = leave alone), or
+    when the backend is already running. Only the CPU client is affected; on a GPU or TPU
+    the engine uses those devices as before.
+    """
+    from jax._src import xla_bridge
+
+    want = os.environ.get("JAXDYN_CPU_DEVICES")
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if jax.config.jax_num_cpu_devices != -1 or xla_bridge.backends_are_initialized():
+        return None
+    try:
+        n = int(want) if want is not None else len(os.sched_getaffinity(0))
+    except (ValueError, AttributeError):
+        n = os.cpu_count() or 1
+    if n <= 1:
+        return None
+    jax.config.update("jax_num_cpu_devices", n)
+    return n
 
 
 def device_memory_bytes(device) -> float:

