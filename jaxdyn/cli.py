@@ -405,8 +405,9 @@ def cmd_plot(args) -> int:
 
 def cmd_bench(args) -> int:
     """``jaxdyn bench``: the benchmark suite (jaxdyn/bench.py)."""
-    from jaxdyn import bench
+    from jaxdyn import bench, engine
 
+    engine.use_cpu_cores()  # as `jaxdyn run` does; groups that call LAPACK keep one device
     return bench.main_from_args(args)
 
 
