@@ -117,7 +117,8 @@ def cmd_run(args) -> int:
         probes = engine.resolve_probes(sweep, exp)
     except spec.SpecError as e:
         return _err(str(e))
-    if not engine.uses_lapack(sweep, exp, probes):
+    # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
+    if engine.cpu_devices_wanted() and not engine.uses_lapack(sweep, exp, probes):
         engine.use_cpu_cores()
     pi, pc = 0, 1
     if args.distributed:

@@ -437,21 +437,27 @@ def use_cpu_cores() -> int | None:
     when the backend is already running. Only the CPU client is affected; on a GPU or TPU
     the engine uses those devices as before.
     """
+    n = cpu_devices_wanted()
+    if n is None:
+        return None
+    jax.config.update("jax_num_cpu_devices", n)
+    return n
+
+
+def cpu_devices_wanted() -> int | None:
+    """How many CPU devices ``use_cpu_cores`` would set up now, or None if it would not."""
     from jax._src import xla_bridge
 
-    want = os.environ.get("JAXDYN_CPU_DEVICES")
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
     if jax.config.jax_num_cpu_devices != -1 or xla_bridge.backends_are_initialized():
         return None
+    want = os.environ.get("JAXDYN_CPU_DEVICES")
     try:
         n = int(want) if want is not None else len(os.sched_getaffinity(0))
     except (ValueError, AttributeError):
         n = os.cpu_count() or 1
-    if n <= 1:
-        return None
-    jax.config.update("jax_num_cpu_devices", n)
-    return n
+    return n if n > 1 else None
 
 
 def device_memory_bytes(device) -> float:
