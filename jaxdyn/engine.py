@@ -404,8 +404,18 @@ def _primitives(jaxpr, out: set) -> set:
 def uses_lapack(sweep: Sweep, exp: Experiment, probes=()) -> bool:
     """Whether any group's run function calls LAPACK (eigvalsh, qr, ...), found by tracing
     it to a jaxpr on abstract inputs (no device is touched, the backend is not started)."""
-    groups = plan_groups(sweep, exp, sweep.runs())
-    return any(group_uses_lapack(exp, sweep, g.static, probes) for g in groups)
+    return any(group_uses_lapack(exp, sweep, st, probes) for st in static_signatures(sweep, exp))
+
+
+def static_signatures(sweep: Sweep, exp: Experiment) -> list[dict]:
+    """The distinct static hyperparameter values of the sweep's groups, without planning its
+    runs (which costs seconds for a million of them)."""
+    names = exp.static_names
+    base = {**{p.name: p.default for p in exp.params}, **sweep.fixed}
+    if not any(n in sweep.grid or n in (sweep.zip or {}) for n in names):
+        return [{n: base[n] for n in names}]
+    sigs = {tuple({**base, **pt}[n] for n in names) for pt in sweep.points()}
+    return [dict(zip(names, sig)) for sig in sorted(sigs, key=repr)]
 
 
 def group_uses_lapack(exp: Experiment, sweep: Sweep, group_static: dict, probes=()) -> bool:

@@ -465,3 +465,13 @@ def test_runs_table_columns_typed_as_declared(cli, write_sweep, tmp_path):
     bad = (runs.lr == 2.5) & (runs.n == 2)
     assert (runs.status[bad] == "diverged").all() and (runs.status[~bad] == "ok").all()
     assert (runs.diverged_step[bad] == 64).all() and runs.diverged_step[~bad].isna().all()
+
+
+@pytest.mark.parametrize("f", ["eos_mean_model.toml", "bottleneck_k.toml", "dc_configs.toml",
+                               "bottleneck_phases.toml", "overparam_quick.toml"])
+def test_static_signatures_are_the_groups_of_the_plan(f):
+    """The groups found without planning runs (for the LAPACK check) are the plan's groups."""
+    sw = spec.load(ROOT / "sweeps" / f, experiments.params_of)
+    exp = experiments.get(sw.experiment)
+    assert engine.static_signatures(sw, exp) == [g.static for g in
+                                                 engine.plan_groups(sw, exp, sw.runs())]
