@@ -265,7 +265,7 @@ def chunks_of(group: Group, size: int, per_seed: bool) -> list[list[Run]]:
 
 # ---- compiled chunk runner ---------------------------------------------------------------
 class ChunkRunner:
-    """``jit(vmap(run))`` for one group, sharded over all local devices on the run axis."""
+    """``jit(shard_map(vmap(run)))`` for one group: the run axis split over all local devices."""
 
     def __init__(self, exp: Experiment, sweep: Sweep, group: Group, probes=()):
         self.exp, self.sweep, self.group = exp, sweep, group
