@@ -396,7 +396,7 @@ def main(argv=None) -> int:
         print(f"[bench] engine: jaxdyn run, {args.runs} runs x {args.steps} steps ...",
               flush=True)
         eng = bench_engine(args, Path(tmp))
-        print(f"[bench] engine again: a second invocation on the same compilation cache ...",
+        print("[bench] engine again: a second invocation on the same compilation cache ...",
               flush=True)
         warm = bench_engine(args, Path(tmp), label="warm")
 
