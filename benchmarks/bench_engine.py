@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-LR_START, LR_STOP = 2.5e-4, 2.5e-2
+from jaxdyn.bench import LR_START, LR_STOP  # noqa: E402 - the same lr range as the suite
 SWEEP_NAME = "bench_engine_mean_model"
 
 # Targets from the project brief: engine speed-up over the per-run baselines.
@@ -157,48 +157,11 @@ def bench_engine(args, tmp: Path, label: str = "cold") -> dict:
 
 # ---- shared pieces of the baselines --------------------------------------------------------
 def make_pieces(d: int, init_scale: float):
-    import jax
-    import jax.numpy as jnp
+    """(init, step, measure, run) of the mean model, as ``jaxdyn bench`` uses them: the
+    engine's initialisation and closed-form gradient, loss/b/a_sum logged."""
+    from jaxdyn.bench import _mm_pieces
 
-    from jaxdyn.experiments.eos import _mm_loss, mean_model_grad
-
-    f32 = jnp.float32
-    d32 = jnp.asarray(d, f32)
-    s32 = jnp.asarray(init_scale, f32)
-
-    def init(seed):
-        # the engine's initialisation: PRNGKey(seed) folded with 0, split for a-, a+
-        k1, k2 = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
-        return {"a_minus": s32 * jax.random.normal(k1, (), f32),
-                "a_plus": s32 * jax.random.normal(k2, (), f32),
-                "b": jnp.zeros((), f32)}
-
-    def step(p, lr):
-        g = mean_model_grad(p, d32)  # the engine's own gradient: same math
-        return {k: p[k] - lr * g[k] for k in p}
-
-    def measure(p):
-        return (_mm_loss(p, d32), p["b"], d32 * (p["a_minus"] + p["a_plus"]))
-
-    def run(lr, seed, steps: int, log_every: int):
-        """One run: scan over log segments of a fori_loop; logs at 0, every, ..., steps."""
-        lr = jnp.asarray(lr, f32)
-        p0 = init(seed)
-        n_seg, rem = divmod(steps, log_every)
-
-        def segment(p, _):
-            p = jax.lax.fori_loop(0, log_every, lambda i, q: step(q, lr), p)
-            return p, measure(p)
-
-        p, logs = jax.lax.scan(segment, p0, None, length=n_seg)
-        first = measure(p0)
-        logs = tuple(jnp.concatenate([f[None], l]) for f, l in zip(first, logs))
-        if rem:
-            p = jax.lax.fori_loop(0, rem, lambda i, q: step(q, lr), p)
-            logs = tuple(jnp.concatenate([l, m[None]]) for l, m in zip(logs, measure(p)))
-        return logs
-
-    return init, step, measure, run
+    return _mm_pieces(d, init_scale)
 
 
 def lr_values(n: int):
