@@ -99,6 +99,9 @@ def cmd_run(args) -> int:
 
     if args.chunk_size is not None and args.chunk_size <= 0:
         return _err(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
+    if args.micro_batch is not None and args.micro_batch < 0:
+        return _err(f"--micro-batch: expected an integer >= 0 (0 = all of a device's runs "
+                    f"at once), got {args.micro_batch}")
     try:
         # the run count is checked from the counts, before seeds or ranges are expanded:
         # over MAX_RUNS_UNCONFIRMED needs --yes, over MAX_RUNS is always refused
@@ -153,7 +156,7 @@ def cmd_run(args) -> int:
     progress = _Progress(sweep, args.quiet)
     try:
         summary = engine.run_sweep(sweep, exp, store, chunk_size=args.chunk_size,
-                                   progress=progress, probes=probes, process_index=pi,
+                                   micro_batch=args.micro_batch, progress=progress, probes=probes, process_index=pi,
                                    process_count=pc)
         if pc > 1:
             from jax.experimental import multihost_utils
@@ -175,8 +178,9 @@ def cmd_run(args) -> int:
         f"runs       {s['runs_total']} total, {s['runs_run']} run now, "
         f"{s['runs_done_before']} already done",
         f"diverged   {s['diverged']} of the runs run now",
-        f"wall time  {_fmt_s(s['wall_s'])} (compile {_fmt_s(s['compile_s'])}), "
-        f"{_fmt_rate(s['run_steps_per_s'])} run·steps/s",
+        f"wall time  {_fmt_s(s['wall_s'])} (compile {_fmt_s(s['compile_s'])}"
+        + (f", micro-batch measured in {_fmt_s(s['tune_s'])}" if s.get("tune_s") else "")
+        + f"), {_fmt_rate(s['run_steps_per_s'])} run·steps/s",
         f"writing    {_fmt_s(s.get('write_s', 0.0))} on the writer thread, overlapped with "
         f"compute; the sweep waited {_fmt_s(s.get('write_wait_s', 0.0))} for it",
         f"tables     {store.dir / 'runs'}  {store.dir / 'curves'}",
@@ -422,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key of the sweep file, e.g. steps=500 or lr=0.01")
     r.add_argument("--chunk-size", type=int, default=None, help="runs per compiled chunk")
+    r.add_argument("--micro-batch", type=int, default=None,
+                   help="runs vmapped together on one device inside a chunk (default: "
+                        "measured on a CPU where a chunk's temporaries outgrow the cache; "
+                        "0 = all of them); never changes results")
     r.add_argument("--force", action="store_true",
                    help="replace results of a different sweep with the same name "
                         "(they are moved aside, not deleted)")

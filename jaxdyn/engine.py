@@ -37,10 +37,14 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 MAX_AUTO_CHUNK = 16384
 #: Fraction of device (or host) memory a chunk may use.
 MEMORY_FRACTION = 0.4
-#: CPU only: a chunk's temporaries should fit in about this much cache per device ...
-CPU_CACHE_BYTES = 32 << 20
-#: ... but a chunk never shrinks below this many runs per device for it.
-CPU_MIN_CHUNK = 64
+#: CPU only: the micro-batch is measured when a device's share of a chunk needs more
+#: temporaries than this (about an L2 cache's worth, and well below the L3) ...
+MICRO_TUNE_ABOVE_BYTES = 4 << 20
+#: ... if one run's step makes a value at least this large (the bottleneck network's
+#: (batch, width) activations: 128 KB; the mean model's largest: 400 B), found by tracing ...
+MICRO_TUNE_MIN_VALUE = 16 << 10
+#: ... and the smallest micro-batch within this fraction of the best throughput is kept.
+MICRO_SATURATION = 0.9
 #: Compiled chunks hold a multiple of this many runs per device. XLA compiles a batch of one
 #: differently (the run axis vanishes), and a different program may round differently, which
 #: chaotic edge-of-stability dynamics amplify; padding keeps every chunk on one code path.
@@ -80,6 +84,18 @@ def _nan_like(tree):
     return jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), tree)
 
 
+def run_setup(exp: Experiment, static: dict, dyn: dict, seed, data):
+    """A run's hyperparameters, step key, data and initial state, from its seed alone:
+    ``PRNGKey(seed)`` folded with 0 for init, 1 for steps, 2 for data (unless shared data
+    are given). Returns ``(hp, k_step, data, state0)``."""
+    hp = {k: jnp.asarray(v).astype(static["dtype"]) for k, v in dyn.items()}
+    key = jax.random.PRNGKey(seed)
+    k_init, k_step, k_data = (jax.random.fold_in(key, i) for i in range(3))
+    if data is None and exp.make_data is not None:
+        data = exp.make_data(k_data, static)
+    return hp, k_step, data, exp.init(k_init, static, hp, data)
+
+
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
                 diverge_above: float | None = None, axis_name: str | None = None) -> Callable:
@@ -98,7 +114,6 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
     log_steps = np.asarray(log_steps, np.int64)
     starts = np.concatenate([[0], log_steps[:-1]])
     lengths = log_steps - starts
-    dt = static["dtype"]
     bound = float("inf") if diverge_above is None else float(diverge_above)
     flags = np.stack([probe_schedule(log_steps, int(o["every"])) for _, o in probes], 1) \
         if probes else np.zeros((len(log_steps), 0), bool)
@@ -118,12 +133,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         return m
 
     def run(dyn, seed, data):
-        hp = {k: jnp.asarray(v).astype(dt) for k, v in dyn.items()}
-        key = jax.random.PRNGKey(seed)
-        k_init, k_step, k_data = (jax.random.fold_in(key, i) for i in range(3))
-        if data is None and exp.make_data is not None:
-            data = exp.make_data(k_data, static)
-        state0 = exp.init(k_init, static, hp, data)
+        hp, k_step, data, state0 = run_setup(exp, static, dyn, seed, data)
         alive0 = _all_finite(state0, bound)
 
         def guarded(i, c):
@@ -267,7 +277,8 @@ def chunks_of(group: Group, size: int, per_seed: bool) -> list[list[Run]]:
 class ChunkRunner:
     """``jit(shard_map(vmap(run)))`` for one group: the run axis split over all local devices."""
 
-    def __init__(self, exp: Experiment, sweep: Sweep, group: Group, probes=()):
+    def __init__(self, exp: Experiment, sweep: Sweep, group: Group, probes=(),
+                 micro_batch: int | None = None):
         self.exp, self.sweep, self.group = exp, sweep, group
         self.static = {**group.static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
         self.log_steps = sweep.log.steps(sweep.steps)
@@ -284,12 +295,14 @@ class ChunkRunner:
         self.per_seed = shared
 
         def local_chunk(dyn, seeds, data_seed):
-            """One device's share of a chunk: its runs, and the data they share."""
+            """One device's share of a chunk: its runs, and the data they share, vmapped
+            ``micro`` runs at a time (a sequential ``lax.map`` over micro-batches)."""
             data = None
             if shared:  # the same data on every device, each makes its own copy
                 data = exp.make_data(jax.random.fold_in(jax.random.PRNGKey(data_seed), 2),
                                      self.static)
-            return jax.vmap(run, in_axes=(0, 0, None), axis_name=RUN_AXIS)(dyn, seeds, data)
+            return _micro_batched(jax.vmap(run, in_axes=(0, 0, None), axis_name=RUN_AXIS),
+                                  self.micro, (dyn, seeds), data)
 
         # shard_map, not jit's sharding propagation: runs never talk to each other, so each
         # device runs its own runs with no collective at all. (Propagation replicated ops
@@ -305,6 +318,12 @@ class ChunkRunner:
         self._compiled = {}
         self.compile_s = 0.0
         self.batch: int | None = None  # compiled batch of every chunk, set by choose_chunk
+        # runs vmapped together on one device (None: its whole share), set by choose_chunk
+        # before the chunk program compiles: it is part of the program
+        self.micro: int | None = None
+        self.micro_override = micro_batch  # None: measured; 0: the whole share; N: N runs
+        self.micro_rates: dict[int, float] = {}  # measured run·steps/s per micro-batch
+        self.tune_s = 0.0
 
     @property
     def n_devices(self) -> int:
@@ -332,7 +351,7 @@ class ChunkRunner:
 
     def padded(self, n: int) -> int:
         """The compiled batch size for a chunk of ``n`` runs."""
-        return _round_up(max(n, 1), RUNS_PER_DEVICE_MULTIPLE * self.n_devices)
+        return _round_up(max(n, 1), (self.micro or RUNS_PER_DEVICE_MULTIPLE) * self.n_devices)
 
     def choose_chunk(self, n_runs: int, override: int | None) -> int:
         """Runs per chunk; the compiled batch is ``padded(chunk)`` (padding runs repeat the
@@ -340,34 +359,77 @@ class ChunkRunner:
 
         Automatic: up to MAX_AUTO_CHUNK runs per device, at least four chunks for big
         sweeps so that writing overlaps compute, then shrunk until the compiled program fits
-        MEMORY_FRACTION of the device memory. Usually one compilation, never a probe.
+        MEMORY_FRACTION of the device memory. Before that, the micro-batch (how many of a
+        device's runs are vmapped together) comes from measured throughput (``choose_micro``).
         """
-        size = self._choose_chunk(n_runs, override)
+        nd = self.n_devices
+        if override:
+            size = max(1, min(override, n_runs))
+        else:
+            size = min(n_runs, MAX_AUTO_CHUNK * nd, max(2048 * nd, -(-n_runs // 4)))
+        self.micro = self.choose_micro(-(-size // nd))
+        if not override:
+            size = self._fit_memory(self.padded(size) if size > self.padded(1) else size)
         self.batch = self.padded(size)
         return size
 
-    def _choose_chunk(self, n_runs: int, override: int | None) -> int:
-        nd = self.n_devices
-        if override:
-            return max(1, min(override, n_runs))
-        size = min(n_runs, MAX_AUTO_CHUNK * nd, max(2048 * nd, -(-n_runs // 4)))
-        size = self.padded(size) if size > RUNS_PER_DEVICE_MULTIPLE * nd else size
+    def _fit_memory(self, size: int) -> int:
         budget = device_memory_bytes(self.devices[0]) * MEMORY_FRACTION
-        while size > RUNS_PER_DEVICE_MULTIPLE * nd:
+        while size > self.padded(1):
             need = self.memory_bytes(self.padded(size))
             if need <= budget:
                 break
             size = self.padded(max(1, int(size * 0.9 * budget / need)))
-        if self.devices[0].platform == "cpu":
-            # On a CPU, a step whose per-run temporaries spill out of the cache is memory
-            # bound: keep a chunk's temporaries within CPU_CACHE_BYTES per device (measured on
-            # the bottleneck network: 64-run chunks ran 2x faster than 1024-run chunks).
-            ma = self.compiled(self.padded(size)).memory_analysis()
-            if ma is not None and ma.temp_size_in_bytes > CPU_CACHE_BYTES * nd:
-                per_run = ma.temp_size_in_bytes / self.padded(size)
-                size = max(CPU_MIN_CHUNK * nd, int(CPU_CACHE_BYTES * nd // per_run))
-                size = self.padded(min(size, n_runs))
         return size
+
+    def choose_micro(self, per_device: int) -> int | None:
+        """Runs per vmapped micro-batch on one device, or None for all of its share.
+
+        On a CPU a batch of runs whose temporaries spill out of the caches is memory bound:
+        vmapping the bottleneck network (width 1000, batch 32) over 64 runs per device ran
+        3x slower per run than over 8 to 16. So where a device's share of a chunk needs more
+        than MICRO_TUNE_ABOVE_BYTES of temporaries (XLA's memory analysis of the step), the
+        step is timed at 8, 16, 32, ... runs per device, on every device at once, up to
+        just past the peak, and the smallest size within MICRO_SATURATION of the best
+        throughput is kept (the whole share if throughput still grows at the top). Results
+        do not depend on it (tested). The measurements persist beside the compilation
+        cache, so a second invocation measures nothing. Accelerators: None (their
+        throughput saturates at the batch the memory bound allows).
+        """
+        m = RUNS_PER_DEVICE_MULTIPLE
+        if self.micro_override is not None:
+            micro = _round_up(self.micro_override, m)
+            return micro if 0 < micro < per_device else None
+        if self.devices[0].platform != "cpu" or per_device <= m:
+            return None
+        if largest_step_value(self.exp, self.static, self.per_seed) < MICRO_TUNE_MIN_VALUE:
+            return None  # small per-run values fuse into one kernel: nothing to spill
+        sizes = [m << i for i in range(20) if (m << i) <= per_device]
+        key = self._tuning_key()
+        known = _tuning_load().get(key)
+        if known and (known["complete"] or max(map(int, known["rates"])) >= sizes[-1]):
+            self.micro_rates = {int(k): v for k, v in known["rates"].items()}
+            temp_per_run = known["temp_per_run"]
+        else:
+            t0 = time.perf_counter()
+            tuner = _MicroTuner(self, sizes[-1])
+            temp_per_run = tuner.temp_per_run
+            if temp_per_run * per_device > MICRO_TUNE_ABOVE_BYTES:
+                self.micro_rates = tuner.rates(sizes)
+            self.tune_s += time.perf_counter() - t0
+            complete = len(self.micro_rates) < len(sizes)  # stopped past the peak
+            _tuning_save(key, {"temp_per_run": temp_per_run, "complete": complete,
+                               "rates": {str(k): v for k, v in self.micro_rates.items()}})
+        if temp_per_run * per_device <= MICRO_TUNE_ABOVE_BYTES:
+            return None
+        return pick_micro(self.micro_rates, per_device)
+
+    def _tuning_key(self) -> str:
+        static = {k: (np.dtype(v).name if k == "dtype" else v) for k, v in self.static.items()
+                  if k != "steps"}  # the step's cost does not depend on the run length
+        return "|".join([self.exp.name, repr(sorted(static.items())),
+                         f"{self.n_devices}x{self.devices[0].device_kind}",
+                         platform.processor() or platform.machine(), f"jax {jax.__version__}"])
 
     def __call__(self, runs: list[Run]):
         """Dispatch one chunk (padded); returns device arrays without blocking."""
@@ -378,6 +440,181 @@ class ChunkRunner:
                for k in self.dyn_names}
         seeds = np.asarray([r.seed for r in runs] + [runs[-1].seed] * pad, np.uint32)
         return self.compiled(size)(dyn, seeds, np.uint32(runs[0].seed))
+
+
+def largest_step_value(exp: Experiment, static: dict, shared: bool) -> int:
+    """Bytes of the largest value one step of one run computes, from the step's jaxpr on
+    abstract inputs (nothing is compiled or run)."""
+    dyn = {k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names}
+    seed = jax.ShapeDtypeStruct((), jnp.uint32)
+    data = (jax.eval_shape(lambda: exp.make_data(jax.random.PRNGKey(0), static))
+            if shared else None)
+    hp, k_step, data, state = jax.eval_shape(
+        lambda d, s, x: run_setup(exp, static, d, s, x), dyn, seed, data)
+    jaxpr = jax.make_jaxpr(lambda st, k, h, x: exp.step(st, k, static, h, x))(
+        state, k_step, hp, data)
+    return _largest_value(jaxpr.jaxpr)
+
+
+def _largest_value(jaxpr) -> int:
+    best = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                best = max(best, int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize)
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    best = max(best, _largest_value(inner))
+    return best
+
+
+def pick_micro(rates: dict[int, float], per_device: int) -> int | None:
+    """From measured run·steps/s per micro-batch size, the smallest size within
+    MICRO_SATURATION of the best among those up to ``per_device``; None (the whole share)
+    when the best is the largest size measured, i.e. throughput was still growing."""
+    usable = {k: v for k, v in rates.items() if k <= per_device}
+    if not usable:
+        return None
+    best = max(usable.values())
+    micro = min(k for k, v in usable.items() if v >= MICRO_SATURATION * best)
+    return None if micro == max(rates) else micro
+
+
+def _micro_batched(vrun: Callable, micro: int | None, runs_args: tuple, data):
+    """``vrun(*runs_args, data)`` over the leading (run) axis, ``micro`` runs at a time
+    through ``lax.map`` (all at once if ``micro`` is None or covers them)."""
+    n = jax.tree.leaves(runs_args)[0].shape[0]
+    if micro is None or micro >= n:
+        return vrun(*runs_args, data)
+    split = functools.partial(jax.tree.map, lambda x: x.reshape((n // micro, micro)
+                                                                + x.shape[1:]))
+    out = jax.lax.map(lambda a: vrun(*a, data), split(runs_args))
+    return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
+
+
+class _MicroTuner:
+    """Times the experiment's step alone, vmapped over ``size`` runs on every device of a
+    runner at once (the devices share the L3 and the memory bandwidth), for
+    ``ChunkRunner.choose_micro``. The runs are set up once, at the largest size; each size
+    then compiles only the step loop (a fraction of the chunk program's compile time)."""
+
+    MIN_TIMED_S = 0.1  # the timed difference of two loop lengths is at least this long
+
+    def __init__(self, runner: ChunkRunner, max_size: int):
+        self.runner = r = runner
+        exp, static, shared = r.exp, r.static, r.per_seed
+        nd = r.n_devices
+        self.sharding = NamedSharding(r.mesh, P("runs"))
+        runs = r.group.runs
+        pick = [runs[i % len(runs)] for i in range(max_size * nd)]
+        dyn = {k: np.asarray([q.hp[k] for q in pick], np.float64) for k in r.dyn_names}
+        seeds = np.asarray([q.seed for q in pick], np.uint32)
+        self.data = None
+        if shared:
+            key = jax.random.fold_in(jax.random.PRNGKey(int(pick[0].seed)), 2)
+            self.data = jax.jit(lambda: exp.make_data(key, static))()
+
+        def setup(dyn, seed, data):
+            hp, k_step, own, state = run_setup(exp, static, dyn, seed, data)
+            return hp, k_step, state, (None if shared else own)
+
+        # host copies of every run's set-up (a few KB per run), sliced per size
+        self.runs = jax.device_get(jax.jit(jax.vmap(setup, in_axes=(0, 0, None)))(
+            dyn, seeds, self.data))
+
+        def loop(hp, k_step, state, own, data, n):
+            data = data if shared else own
+            return jax.lax.fori_loop(
+                0, n, lambda i, st: exp.step(st, jax.random.fold_in(k_step, i), static, hp,
+                                             data), state)
+
+        def local(runs_args, data, n):
+            return jax.vmap(loop, in_axes=(0, 0, 0, 0, None, None))(*runs_args, data, n)
+
+        self._jitted = jax.jit(jax.shard_map(local, mesh=r.mesh,
+                                             in_specs=(P("runs"), P(), P()),
+                                             out_specs=P("runs"), check_vma=False))
+        self._compiled: dict[int, Callable] = {}
+        m = RUNS_PER_DEVICE_MULTIPLE
+        ma = self._compile(m).memory_analysis()
+        # per device (each runs its own SPMD partition): the step's temporaries per run
+        self.temp_per_run = (ma.temp_size_in_bytes / m) if ma is not None else 0.0
+
+    def _args(self, size: int):
+        n = size * self.runner.n_devices
+        return jax.device_put(jax.tree.map(lambda x: x[:n], self.runs), self.sharding)
+
+    def _compile(self, size: int):
+        if size not in self._compiled:
+            shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                 sharding=self.sharding),
+                                  jax.eval_shape(lambda: self._args(size)))
+            self._compiled[size] = self._jitted.lower(
+                shapes, self.data, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+        return self._compiled[size]
+
+    def rate(self, size: int) -> float:
+        """Run·steps/s of the step at ``size`` runs per device (every device at once)."""
+        f, args = self._compile(size), self._args(size)
+
+        def timed(n: int) -> float:
+            t = time.perf_counter()
+            jax.block_until_ready(f(args, self.data, np.int32(n)))
+            return time.perf_counter() - t
+
+        timed(1)  # warm
+        base, k = min(timed(1) for _ in range(2)), 4
+        while True:
+            dt = min(timed(1 + k) for _ in range(2)) - base
+            if dt >= self.MIN_TIMED_S or k >= 1 << 20:
+                return size * self.runner.n_devices * k / max(dt, 1e-9)
+            k = int(k * min(64, max(2, 1.5 * self.MIN_TIMED_S / max(dt, 1e-6))))
+
+    def rates(self, sizes: Sequence[int]) -> dict[int, float]:
+        """Rates from the smallest size up, stopping once past the peak (below 60 % of it)."""
+        out: dict[int, float] = {}
+        for size in sizes:
+            out[size] = self.rate(size)
+            if out[size] < 0.6 * max(out.values()):
+                break
+        return out
+
+
+def _tuning_file():
+    """Where measured micro-batches persist: beside the persistent compilation cache (none
+    when it is off)."""
+    from pathlib import Path
+
+    d = jax.config.jax_compilation_cache_dir
+    return Path(d) / "jaxdyn-micro-batch.json" if d else None
+
+
+def _tuning_load() -> dict:
+    import json
+
+    f = _tuning_file()
+    try:
+        return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+    except (OSError, ValueError):  # a damaged file only costs a new measurement
+        return {}
+
+
+def _tuning_save(key: str, value: dict) -> None:
+    import json
+
+    f = _tuning_file()
+    if f is None:
+        return
+    try:
+        table = {**_tuning_load(), key: value}
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, f)  # atomic: concurrent sweeps never see half a file
+    except OSError:
+        pass
 
 
 def _round_up(n: int, k: int) -> int:
@@ -491,7 +728,7 @@ def device_description() -> str:
 
 # ---- the sweep loop ----------------------------------------------------------------------
 def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = None,
-              progress: Callable | None = None, probes=None,
+              micro_batch: int | None = None, progress: Callable | None = None, probes=None,
               process_index: int = 0, process_count: int = 1) -> dict:
     """Run every run of ``sweep`` not already in ``store``; returns a summary dict.
 
@@ -518,7 +755,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
         if per_seed:
             n_max = max(Counter(r.seed for r in g.runs).values())
         if size is None:  # automatic size: needs the compiled program
-            runner = ChunkRunner(exp, sweep, g, probes)
+            runner = ChunkRunner(exp, sweep, g, probes, micro_batch)
             size = runner.choose_chunk(n_max, None)
         for c in chunks_of(g, size, per_seed):
             mine = block % process_count == process_index
@@ -529,7 +766,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
             if not mine or not todo:
                 continue
             if runner is None:
-                runner = ChunkRunner(exp, sweep, g, probes)
+                runner = ChunkRunner(exp, sweep, g, probes, micro_batch)
                 runner.choose_chunk(n_max, size)
             work.append((runner, g, todo))
     n_todo = sum(len(c) for _, _, c in work)
@@ -577,7 +814,10 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
         writer.shutdown(wait=True)
     state["finished"] = time.time()
     store.write_progress(state, process_index)
-    summary["compile_s"] = sum({id(r): r.compile_s for r, *_ in work}.values())
+    runners = list({id(r): r for r, *_ in work}.values())
+    summary["compile_s"] = sum(r.compile_s for r in runners)
+    summary["tune_s"] = sum(r.tune_s for r in runners)
+    summary["micro_batch"] = sorted({r.micro or 0 for r in runners})
     summary["wall_s"] = time.perf_counter() - t0
     summary["run_steps_per_s"] = summary["runs_run"] * sweep.steps / max(summary["wall_s"], 1e-9)
     return summary

@@ -1,0 +1,154 @@
+"""Micro-batches: a device's runs vmapped a few at a time inside a chunk, the size measured
+where a chunk's temporaries outgrow the CPU's caches. They must never change a result, and
+the measurement must be done once, then read back."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxdyn
+from jaxdyn import engine, experiments, spec
+
+from test_engine import QUAD as _registers_test_quadratic  # noqa: F401
+
+BOTTLENECK = """
+name = "bn"
+experiment = "bottleneck.three_layer"
+steps = 240
+seeds = 2
+log = { every = 80 }
+[fixed]
+width = 48
+n_train = 300
+n_val = 64
+n_eval = 64
+lr = 0.05
+[grid]
+nu = [0.5, 1.5]
+replicate = { start = 0, stop = 11, num = 12 }
+"""
+
+# the mean model across its edge of stability
+SCAN = """
+name = "scan"
+experiment = "eos.mean_model"
+steps = 600
+seeds = [0, 5]
+log = { every = 150 }
+[fixed]
+d = 100
+[grid]
+lr = { start = 1e-3, stop = 2e-2, num = 40, spacing = "log" }
+"""
+
+# GD on h x²/2: runs with lr·h > 2 overflow float32 at different steps, inside micro-batches
+# whose other runs do not
+QUAD = """
+name = "quad"
+experiment = "test.quadratic"
+steps = 400
+log = { every = 50 }
+[fixed]
+lr = 0.1
+[grid]
+h = { start = 1.0, stop = 40.0, num = 64 }
+"""
+
+
+def tables(folder):
+    res = jaxdyn.load(folder)
+    runs = res.runs.set_index("run_id").sort_index()
+    curves = res.curves().set_index(["run_id", "step"]).sort_index()
+    return runs.drop(columns=[c for c in runs if c.startswith("wall")], errors="ignore"), curves
+
+
+@pytest.mark.parametrize("text, name", [(BOTTLENECK, "bn"), (SCAN, "scan"), (QUAD, "quad")])
+def test_micro_batches_change_no_result(cli, write_sweep, tmp_path, text, name):
+    path = write_sweep(text)
+    code, _, err = cli("run", path, "--out", tmp_path / "whole", "--micro-batch", 0,
+                       "--chunk-size", 48, "--quiet")
+    assert code == 0, err
+    code, _, err = cli("run", path, "--out", tmp_path / "micro", "--micro-batch", 8,
+                       "--chunk-size", 48, "--quiet")
+    assert code == 0, err
+    (ra, ca), (rb, cb) = tables(tmp_path / "whole" / name), tables(tmp_path / "micro" / name)
+    if name == "quad":  # the divergence path inside a micro-batch is exercised
+        assert 0 < (ra.status == "diverged").sum() < len(ra)
+    metrics = [c for c in ca.columns if ca[c].dtype.kind == "f"]
+    assert metrics
+    pd.testing.assert_frame_equal(ca[metrics], cb[metrics], check_exact=True)
+    finals = [c for c in ra.columns if c.startswith("final_")]
+    pd.testing.assert_frame_equal(ra[finals + ["status", "diverged_step"]],
+                                  rb[finals + ["status", "diverged_step"]], check_exact=True)
+
+
+def test_bad_micro_batch_refused(cli, write_sweep, tmp_path):
+    code, _, err = cli("run", write_sweep(SCAN), "--out", tmp_path, "--micro-batch", -1)
+    assert code == 2
+    assert "--micro-batch" in err and "expected an integer >= 0" in err
+    assert not (tmp_path / "scan").exists()
+
+
+@pytest.mark.parametrize("rates, per_device, want", [
+    ({8: 1.0, 16: 1.05, 32: 0.5}, 64, 8),          # 8 is within 10 % of the best
+    ({8: 1.0, 16: 2.0, 32: 2.1, 64: 1.0}, 64, 16),  # the smallest near the peak
+    ({8: 1.0, 16: 2.0, 32: 3.0}, 32, None),          # still rising at the top: all at once
+    ({8: 1.0, 16: 2.0, 32: 3.0, 64: 1.0}, 16, 16),  # only sizes the share can hold
+])
+def test_pick_micro_takes_the_smallest_size_at_saturation(rates, per_device, want):
+    assert engine.pick_micro(rates, per_device) == want
+
+
+def _runner(text, **kw):
+    sw = spec.parse(text, experiments.params_of)
+    exp = experiments.get(sw.experiment)
+    group = engine.plan_groups(sw, exp, sw.runs())[0]
+    return engine.ChunkRunner(exp, sw, group, **kw), group
+
+
+def test_micro_batch_measured_once_then_read_back(monkeypatch, tmp_path):
+    table = tmp_path / "tuning.json"
+    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
+    monkeypatch.setattr(engine, "MICRO_TUNE_ABOVE_BYTES", 0)  # measure even this small net
+    monkeypatch.setattr(engine, "MICRO_TUNE_MIN_VALUE", 0)
+    text = BOTTLENECK.replace("replicate = { start = 0, stop = 11, num = 12 }",
+                              "replicate = { start = 0, stop = 63, num = 64 }")
+    runner, group = _runner(text)
+    per_seed = 64
+    runner.choose_chunk(per_seed, None)
+    assert runner.tune_s > 0
+    rates = runner.micro_rates
+    assert min(rates) == 8 and all(r > 0 for r in rates.values())
+    sizes = sorted(rates)
+    assert sizes == [8 << i for i in range(len(sizes))]  # the ladder, from the bottom up
+    assert runner.micro == engine.pick_micro(rates, -(-per_seed // runner.n_devices))
+    if runner.micro is not None:
+        assert runner.batch % (runner.micro * runner.n_devices) == 0
+    saved = json.loads(table.read_text())
+    (entry,) = saved.values()
+    assert {int(k): v for k, v in entry["rates"].items()} == rates
+
+    again, _ = _runner(text)
+    again.choose_chunk(per_seed, None)
+    assert again.tune_s == 0  # read back, not measured
+    assert again.micro == runner.micro and again.micro_rates == rates
+
+
+def test_only_runs_with_large_values_are_measured(monkeypatch, tmp_path):
+    """The gate is the largest value one step makes, from its jaxpr: the bottleneck
+    network's (batch, width) activations, the mean model's scalars."""
+    table = tmp_path / "tuning.json"
+    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
+    thesis = BOTTLENECK.replace("width = 48", "width = 1000").replace("n_train = 300",
+                                                                       "n_train = 10000")
+    runner, _ = _runner(thesis)
+    assert engine.largest_step_value(runner.exp, runner.static, runner.per_seed) \
+        == 32 * 1000 * 4  # one float32 (batch, width) activation
+    runner, group = _runner(SCAN)
+    assert engine.largest_step_value(runner.exp, runner.static, runner.per_seed) \
+        < engine.MICRO_TUNE_MIN_VALUE
+    runner.choose_chunk(len(group.runs), None)
+    assert runner.micro is None and runner.micro_rates == {} and runner.tune_s == 0
+    assert not table.exists()  # nothing was measured
