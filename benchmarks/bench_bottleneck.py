@@ -43,6 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 NAME = "bench_bottleneck"
+#: micro-batch of the memory comparison (what the engine measured best here: 8 to 16)
+MEMORY_MICRO = 16
 
 
 def parse_args(argv=None):
@@ -60,7 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-seed-split", dest="seed_split", action="store_false",
                     help="skip the 4 data seeds x runs/4 replicates cases with --chunk-sizes "
                          "(chunks never span seeds when data are shared)")
-    ap.add_argument("--b-runs", type=int, default=4, help="runs of the per-run jitted loop")
+    ap.add_argument("--b-runs", type=int, default=16, help="runs of the per-run jitted loop")
     ap.add_argument("--a-runs", type=int, default=2, help="runs of the per-step Python loop")
     ap.add_argument("--a-steps", type=int, default=300, help="steps per run of (a)")
     ap.add_argument("--torch-runs", type=int, default=2)
@@ -91,7 +93,8 @@ replicate = {{ start = 0, stop = {replicates - 1}, num = {replicates} }}
 """
 
 
-def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str) -> dict:
+def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str,
+                 micro: int | None = None) -> dict:
     from jaxdyn import cli
 
     reps = max(1, args.runs // seeds)
@@ -103,6 +106,8 @@ def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str) -> di
     argv = ["run", str(f), "--out", str(tmp / "results"), "--quiet"]
     if chunk:
         argv += ["--chunk-size", str(chunk)]
+    if micro is not None:
+        argv += ["--micro-batch", str(micro)]
     buf = io.StringIO()
     t = time.perf_counter()
     with contextlib.redirect_stdout(buf):
@@ -111,12 +116,17 @@ def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str) -> di
     assert code == 0, buf.getvalue()
     out = buf.getvalue()
     compile_s = float(out.split("compile ")[1].split("s")[0]) if "compile " in out else 0.0
+    tune_s = float(out.split("measured in ")[1].split("s")[0]) if "measured in " in out else 0.0
+    micro_used = out.split("micro-batch ")[1].split()[0].rstrip(",)") \
+        if "micro-batch " in out else "whole"
     runs = seeds * reps
     return {"case": tag, "seeds": seeds, "runs": runs, "chunk": chunk or "auto",
-            "wall_s": wall, "compile_s": compile_s,
+            "micro": micro_used, "wall_s": wall, "compile_s": compile_s, "tune_s": tune_s,
             "run_steps_per_s": runs * args.steps / wall,
-            "run_steps_per_s_no_compile": runs * args.steps / max(wall - compile_s, 1e-9),
-            "extrapolated_1e4_steps_s": compile_s + (wall - compile_s) * 1e4 / args.steps}
+            "run_steps_per_s_no_compile": runs * args.steps
+            / max(wall - compile_s - tune_s, 1e-9),
+            "extrapolated_1e4_steps_s": compile_s + tune_s
+            + (wall - compile_s - tune_s) * 1e4 / args.steps}
 
 
 def setup(args, steps=None):
@@ -229,7 +239,8 @@ def bench_torch(args) -> dict | None:
             "wall_s": wall, "run_steps_per_s": args.torch_runs * args.torch_steps / wall}
 
 
-def bench_steady(args, sizes=(1, 8, 64, 256), steps=1000, repeats=3) -> dict:
+def bench_steady(args, sizes=(1, 8, 16, 64, 256), micro_sizes=(8, 16), steps=1000,
+                 repeats=3) -> dict:
     """Steady state, compile excluded: the engine's run function jitted for one run (R = 1)
     and jit(vmap)-ed over R runs, timed interleaved, best of ``repeats`` (robust to the
     load of a shared machine)."""
@@ -241,8 +252,14 @@ def bench_steady(args, sizes=(1, 8, 64, 256), steps=1000, repeats=3) -> dict:
     from jaxdyn.spec import LogSchedule
 
     static, data = setup(args, steps=steps)
-    run = engine.make_run_fn(bn.three_layer, static,
-                             LogSchedule(every=args.log_every).steps(steps))
+    log_steps = LogSchedule(every=args.log_every).steps(steps)
+    run = engine.make_run_fn(bn.three_layer, static, log_steps)
+    # vmapped as the engine does: with the run axis named, the segment's divergence check is
+    # one branch for the batch (without it, vmap turns the cond into a select and the
+    # guarded re-run is paid on every segment)
+    vrun = jax.vmap(engine.make_run_fn(bn.three_layer, static, log_steps,
+                                       axis_name=engine.RUN_AXIS),
+                    in_axes=(0, 0, None), axis_name=engine.RUN_AXIS)
 
     def dyn(n):
         return {k: np.full(n, float(v)) for k, v in hp_of(0).items()} | \
@@ -252,17 +269,22 @@ def bench_steady(args, sizes=(1, 8, 64, 256), steps=1000, repeats=3) -> dict:
     for n in sizes:
         if n == 1:
             a = ({k: v[0] for k, v in dyn(1).items()}, np.uint32(0), data)
-            calls[n] = (jax.jit(run).lower(*a).compile(), a)
+            calls[str(n)] = (jax.jit(run).lower(*a).compile(), a, n)
         else:
             a = (dyn(n), np.zeros(n, np.uint32), data)
-            calls[n] = (jax.jit(jax.vmap(run, in_axes=(0, 0, None))).lower(*a).compile(), a)
-    best = {n: 0.0 for n in sizes}
+            calls[str(n)] = (jax.jit(vrun).lower(*a).compile(), a, n)
+    for micro in micro_sizes:  # the engine's micro-batches: 256 runs, `micro` at a time
+        n = 256
+        a = (dyn(n), np.zeros(n, np.uint32), data)
+        f = jax.jit(lambda d, s, x, m=micro: engine._micro_batched(vrun, m, (d, s), x))
+        calls[f"{n} in micro-batches of {micro}"] = (f.lower(*a).compile(), a, n)
+    best = {k: 0.0 for k in calls}
     for _ in range(repeats):
-        for n, (f, a) in calls.items():
+        for k, (f, a, n) in calls.items():
             t = time.perf_counter()
             jax.block_until_ready(f(*a))
-            best[n] = max(best[n], n * steps / (time.perf_counter() - t))
-    return {"steps": steps, "run_steps_per_s": best}
+            best[k] = max(best[k], n * steps / (time.perf_counter() - t))
+    return {"steps": steps, "run_steps_per_s": best, "device": "one CPU device"}
 
 
 def step_flops(args, n=64) -> float:
@@ -287,16 +309,20 @@ def matmul_peak(n=4096, repeats=3) -> float:
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    # one product per device, all at once: the ceiling of every core the engine uses
+    devs = jax.local_devices()
+    pairs = [(jax.device_put(jax.random.normal(jax.random.PRNGKey(2 * i), (n, n), jnp.float32), d),
+              jax.device_put(jax.random.normal(jax.random.PRNGKey(2 * i + 1), (n, n),
+                                               jnp.float32), d))
+             for i, d in enumerate(devs)]
     f = jax.jit(jnp.dot)
-    jax.block_until_ready(f(a, b))
+    jax.block_until_ready([f(a, b) for a, b in pairs])
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        jax.block_until_ready(f(a, b))
+        jax.block_until_ready([f(a, b) for a, b in pairs])
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return len(devs) * 2 * n**3 / best
 
 
 def memory(args) -> list[dict]:
@@ -308,17 +334,24 @@ def memory(args) -> list[dict]:
         sw = spec.parse(text, experiments.params_of)
         exp = experiments.get(sw.experiment)
         g = engine.plan_groups(sw, exp, sw.runs())[0]
-        runner = engine.ChunkRunner(exp, sw, g, ())
         row = {"n_train": n_train}
-        for n in (256, 1024):
-            ma = runner.compiled(n).memory_analysis()
-            row[n] = {"argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
-                      "temp": ma.temp_size_in_bytes,
-                      "total": ma.argument_size_in_bytes + ma.output_size_in_bytes
-                      + ma.temp_size_in_bytes}
+        for micro in (None, MEMORY_MICRO):
+            runner = engine.ChunkRunner(exp, sw, g, ())
+            runner.micro = micro  # (the engine measures it; fixed here to compare programs)
+            for n in (256, 1024):
+                ma = runner.compiled(n).memory_analysis()
+                row[f"micro{micro}_{n}"] = {
+                    "argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
+                    "temp": ma.temp_size_in_bytes,
+                    "total": ma.argument_size_in_bytes + ma.output_size_in_bytes
+                    + ma.temp_size_in_bytes}
+            row[f"growth_micro{micro}"] = (row[f"micro{micro}_1024"]["total"]
+                                          - row[f"micro{micro}_256"]["total"]) / 768
+        row[256], row[1024] = row[f"micro{MEMORY_MICRO}_256"], row[f"micro{MEMORY_MICRO}_1024"]
         m, d, B = args.width, args.d, 32
         n_log = len(sw.log.steps(sw.steps))
-        row["per_run_growth"] = (row[1024]["total"] - row[256]["total"]) / 768
+        row["per_run_growth"] = row[f"growth_micro{MEMORY_MICRO}"]
+        row["per_run_growth_whole"] = row["growth_microNone"]
         row["state_bytes_per_run"] = 4 * (d + 3 * m) + 4 + 8  # params + t + init key (sgd: no opt state)
         row["activation_bytes_per_run"] = 4 * B * m  # one (batch, width) float32 array
         row["curves_bytes_per_run"] = 4 * n_log * 5 + 4 * 5 + 8
@@ -336,6 +369,9 @@ def fmt(x, unit=""):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from jaxdyn import engine
+
+    engine.use_cpu_cores()  # as `jaxdyn run` does: one CPU device per core
     import jax
 
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -352,10 +388,11 @@ def main(argv=None) -> int:
 
 
 def _main(args, results, tmp: Path) -> int:
-    eng = [bench_engine(args, tmp, 1, None, "engine_auto")]
+    eng = [bench_engine(args, tmp, 1, None, "engine_auto"),
+           bench_engine(args, tmp, 1, None, "engine_auto_whole", micro=0)]
     chunks = [int(c) for c in args.chunk_sizes.split(",") if c]
     for c in chunks:
-        eng.append(bench_engine(args, tmp, 1, c, f"engine_chunk{c}"))
+        eng.append(bench_engine(args, tmp, 1, c, f"engine_chunk{c}", micro=0))
     if args.seed_split:  # (automatic chunks would pad every per-seed chunk to the group's batch)
         for c in chunks:
             eng.append(bench_engine(args, tmp, 4, c, f"engine_4seeds_chunk{c}"))
@@ -383,7 +420,9 @@ def _main(args, results, tmp: Path) -> int:
              "| case | runs | chunk | wall s | compile s | run-steps/s | est. s for 1e4 steps |",
              "|---|---|---|---|---|---|---|"]
     for e in eng:
-        lines.append(f"| engine ({e['seeds']} seed(s)) | {e['runs']} | {e['chunk']} | "
+        micro = (f"micro-batch {e['micro']}"
+                 + (f" (measured in {e['tune_s']:.1f} s)" if e["tune_s"] else ""))
+        lines.append(f"| engine ({e['seeds']} seed(s)), {micro} | {e['runs']} | {e['chunk']} | "
                      f"{e['wall_s']:.1f} | {e['compile_s']:.1f} | {fmt(e['run_steps_per_s'])} | "
                      f"{e['extrapolated_1e4_steps_s']:.0f} |")
     for key in ("per_run_jit", "python_loop", "torch"):
@@ -407,18 +446,20 @@ def _main(args, results, tmp: Path) -> int:
               f"{results['steady']['steps']} steps): run-steps/s of the run function jitted "
               f"for one run vs jit(vmap) over R runs: "
               + ", ".join(f"R = {n}: {fmt(v)}" for n, v in st.items())
-              + f" (best vmapped / one run: {max(v for n, v in st.items() if n > 1) / st[1]:.2f}x).",
+              + f" (best vmapped / one run: {max(v for n, v in st.items() if n != '1') / st['1']:.2f}x;"
+              f" on one CPU device: the engine runs one such program per core).",
               ""]
     ach = flops * best["run_steps_per_s_no_compile"]
     lines += [f"FLOPs per run-step (XLA cost analysis of one vmapped SGD step): {fmt(flops)}; "
               f"bytes accessed per run-step: {fmt(bytes_)}.",
               f"Achieved by the best engine case (without compile): {fmt(ach / 1e9)} GFLOP/s; "
-              f"measured matmul peak (4096² float32 jnp.dot): "
+              f"measured matmul peak (4096² float32 jnp.dot, one per device at once): "
               f"{fmt(results['matmul_peak_flops'] / 1e9)} GFLOP/s; ratio "
               f"{ach / results['matmul_peak_flops']:.1%}. The step is outer products, ReLU "
               f"masks and matrix-vector reductions over (batch, width) per run — bandwidth-, not "
               f"matmul-bound.", "",
-              "Memory (XLA memory analysis of the engine's chunk program, bytes):", "",
+              f"Memory (XLA memory analysis of the engine's chunk program, micro-batches of "
+              f"{MEMORY_MICRO} runs per device, bytes):", "",
               "| n_train | runs | argument | output | temp | total |", "|---|---|---|---|---|---|"]
     for row in results["memory"]:
         for n in (256, 1024):
@@ -432,7 +473,11 @@ def _main(args, results, tmp: Path) -> int:
                      f"(batch, width) activation ({row['activation_bytes_per_run']:,} B) — "
                      f"state {row['state_bytes_per_run']:,} B, curves "
                      f"{row['curves_bytes_per_run']:,} B; the shared data are "
-                     f"{row['data_bytes']:,} B, so a per-run copy would add that much per run.")
+                     f"{row['data_bytes']:,} B, so a per-run copy would add that much per run. "
+                     f"Without micro-batches (all of a device's runs vmapped at once) the "
+                     f"growth is {row['per_run_growth_whole']:,.0f} B per run "
+                     f"({row['per_run_growth_whole'] / row['activation_bytes_per_run']:.2f} "
+                     f"activations).")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

@@ -164,13 +164,16 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
 
             # Fast path: the steps without the per-step freeze, which on a CPU costs more
             # kernels than a cheap step itself (a reduction over the state's leaves, then a
-            # select per leaf). Only a flag of "ever left the finite region" is kept.
+            # select per leaf). Only a flag of "ever left the finite region" is kept. A run
+            # that diverged in an earlier segment steps on (its values are discarded) and
+            # gets its frozen state back once, at the end of the segment.
             def fast(i, c):
                 st, bad = c
                 new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
-                return _freeze(alive, new, st), bad | ~_all_finite(new, bound)
+                return new, bad | ~_all_finite(new, bound)
 
             fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
+            fast_state = _freeze(alive, fast_state, state)
             bad = alive & bad
             # If any run of the chunk left it, the segment is run again from its start with
             # the guarded step: the same values for every run, and the exact freeze for the

@@ -4,7 +4,6 @@ the measurement must be done once, then read back."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
