@@ -464,8 +464,9 @@ def _largest_value(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         for v in eqn.outvars:
             aval = getattr(v, "aval", None)
-            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                best = max(best, int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize)
+            size = getattr(getattr(aval, "dtype", None), "itemsize", None)  # keys have one too
+            if size is not None and hasattr(aval, "shape"):
+                best = max(best, int(np.prod(aval.shape)) * int(size))
         for p in eqn.params.values():
             for sub in (p if isinstance(p, (tuple, list)) else (p,)):
                 inner = getattr(sub, "jaxpr", sub)

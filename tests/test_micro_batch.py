@@ -151,3 +151,28 @@ def test_only_runs_with_large_values_are_measured(monkeypatch, tmp_path):
     runner.choose_chunk(len(group.runs), None)
     assert runner.micro is None and runner.micro_rates == {} and runner.tune_s == 0
     assert not table.exists()  # nothing was measured
+
+
+def test_second_invocation_compiles_nothing(write_sweep, tmp_path):
+    """The persistent compilation cache and the stored micro-batch measurement: a second
+    `jaxdyn run` of the same sweep (into a new folder) adds no cache entry and measures
+    nothing. (XLA only caches programs that took >= 0.5 s to compile, as the bottleneck
+    network's chunk program does.)"""
+    from conftest import run_subprocess
+
+    cache = tmp_path / "cache"
+    env = {"JAXDYN_CACHE_DIR": str(cache), "JAXDYN_CPU_DEVICES": "2"}
+    # width 128: one (batch, width) activation is 16 KiB, so the micro-batch question is asked
+    path = write_sweep(BOTTLENECK.replace("width = 48", "width = 128"))
+    first = run_subprocess(["run", path, "--out", tmp_path / "a"], env)
+    assert first.returncode == 0, first.stderr
+    assert "measured in" in first.stdout
+    assert (cache / "jaxdyn-micro-batch.json").is_file()
+    entries = {p.name for p in cache.iterdir()}
+    assert len(entries) >= 1
+    second = run_subprocess(["run", path, "--out", tmp_path / "b"], env)
+    assert second.returncode == 0, second.stderr
+    assert {p.name for p in cache.iterdir()} == entries  # no new compiled program
+    assert "measured in" not in second.stdout
+    a, b = tables(tmp_path / "a" / "bn"), tables(tmp_path / "b" / "bn")
+    pd.testing.assert_frame_equal(a[1], b[1], check_exact=True)
