@@ -45,6 +45,9 @@ MICRO_TUNE_ABOVE_BYTES = 4 << 20
 MICRO_TUNE_MIN_VALUE = 16 << 10
 #: ... and the smallest micro-batch within this fraction of the best throughput is kept.
 MICRO_SATURATION = 0.9
+#: Measuring stops once it has cost this fraction of the group's run time (at the best
+#: rate so far), after the two sizes that matter most: the whole share and 8 runs.
+MICRO_TUNE_BUDGET = 0.05
 #: Compiled chunks hold a multiple of this many runs per device. XLA compiles a batch of one
 #: differently (the run axis vanishes), and a different program may round differently, which
 #: chaotic edge-of-stability dynamics amplify; padding keeps every chunk on one code path.
@@ -392,10 +395,11 @@ class ChunkRunner:
         vmapping the bottleneck network (width 1000, batch 32) over 64 runs per device ran
         3x slower per run than over 8 to 16. So where a device's share of a chunk needs more
         than MICRO_TUNE_ABOVE_BYTES of temporaries (XLA's memory analysis of the step), the
-        step is timed at 8, 16, 32, ... runs per device, on every device at once, up to
-        just past the peak, and the smallest size within MICRO_SATURATION of the best
-        throughput is kept (the whole share if throughput still grows at the top). Results
-        do not depend on it (tested). The measurements persist beside the compilation
+        step is timed with the whole share and at 8, 16, 32, ... runs per device, on every
+        device at once, up to just past the peak, and the smallest size within
+        MICRO_SATURATION of the best throughput is kept (None if that is the whole share).
+        After the first two, measuring stops at MICRO_TUNE_BUDGET of the group's estimated
+        run time. Results do not depend on it (tested). The measurements persist beside the compilation
         cache, so a second invocation measures nothing. Accelerators: None (their
         throughput saturates at the batch the memory bound allows).
         """
@@ -407,24 +411,28 @@ class ChunkRunner:
             return None
         if largest_step_value(self.exp, self.static, self.per_seed) < MICRO_TUNE_MIN_VALUE:
             return None  # small per-run values fuse into one kernel: nothing to spill
-        sizes = [m << i for i in range(20) if (m << i) <= per_device]
+        whole = _round_up(per_device, m)
+        # the whole share first (the default), then 8, 16, 32, ... up to it
+        sizes = [whole] + [m << i for i in range(20) if (m << i) < whole]
+        work = len(self.group.runs) * self.sweep.steps  # run-steps of the whole group
         key = self._tuning_key()
         known = _tuning_load().get(key)
-        if known and (known["complete"] or max(map(int, known["rates"])) >= sizes[-1]):
+        if known and ((known["complete"] and max(map(int, known["rates"]), default=0) >= whole)
+                      or work <= known.get("work", 0) or not known["rates"]):
             self.micro_rates = {int(k): v for k, v in known["rates"].items()}
-            temp_per_run = known["temp_per_run"]
+            temp_per_run, ended = known["temp_per_run"], known.get("ended", "peak")
         else:
             t0 = time.perf_counter()
-            tuner = _MicroTuner(self, sizes[-1])
-            temp_per_run = tuner.temp_per_run
+            tuner = _MicroTuner(self, whole)
+            temp_per_run, ended = tuner.temp_per_run, "peak"
             if temp_per_run * per_device > MICRO_TUNE_ABOVE_BYTES:
-                self.micro_rates = tuner.rates(sizes)
+                self.micro_rates, ended = tuner.rates(sizes, work, t0)
             self.tune_s += time.perf_counter() - t0
-            complete = len(self.micro_rates) < len(sizes)  # stopped past the peak
-            _tuning_save(key, {"temp_per_run": temp_per_run, "complete": complete,
+            _tuning_save(key, {"temp_per_run": temp_per_run, "ended": ended, "work": work,
+                               "complete": ended != "budget",
                                "rates": {str(k): v for k, v in self.micro_rates.items()}})
         if temp_per_run * per_device <= MICRO_TUNE_ABOVE_BYTES:
-            return None
+            return None  # nothing to spill
         return pick_micro(self.micro_rates, per_device)
 
     def _tuning_key(self) -> str:
@@ -476,15 +484,16 @@ def _largest_value(jaxpr) -> int:
 
 
 def pick_micro(rates: dict[int, float], per_device: int) -> int | None:
-    """From measured run·steps/s per micro-batch size, the smallest size within
-    MICRO_SATURATION of the best among those up to ``per_device``; None (the whole share)
-    when the best is the largest size measured, i.e. throughput was still growing."""
-    usable = {k: v for k, v in rates.items() if k <= per_device}
+    """From measured run·steps/s per micro-batch size (the whole share among them), the
+    smallest size within MICRO_SATURATION of the best among those a share of ``per_device``
+    runs holds; None (vmap the whole share) when that is the share itself."""
+    whole = _round_up(per_device, RUNS_PER_DEVICE_MULTIPLE)
+    usable = {k: v for k, v in rates.items() if k <= whole}
     if not usable:
         return None
     best = max(usable.values())
     micro = min(k for k, v in usable.items() if v >= MICRO_SATURATION * best)
-    return None if micro == max(rates) else micro
+    return None if micro >= whole else micro
 
 
 def _micro_batched(vrun: Callable, micro: int | None, runs_args: tuple, data):
@@ -577,14 +586,23 @@ class _MicroTuner:
                 return size * self.runner.n_devices * k / max(dt, 1e-9)
             k = int(k * min(64, max(2, 1.5 * self.MIN_TIMED_S / max(dt, 1e-6))))
 
-    def rates(self, sizes: Sequence[int]) -> dict[int, float]:
-        """Rates from the smallest size up, stopping once past the peak (below 60 % of it)."""
+    def rates(self, sizes: Sequence[int], work: float, t0: float
+              ) -> tuple[dict[int, float], str]:
+        """Rates of ``sizes`` (the whole share, then from the smallest up), and why they
+        stopped: "peak" (a rate below 60 % of the best: past it), "top" (every size
+        measured) or "budget" (after the first two, measuring would cost more than
+        MICRO_TUNE_BUDGET of the ``work`` run-steps at the best rate so far, counting from
+        ``t0``)."""
         out: dict[int, float] = {}
-        for size in sizes:
+        for i, size in enumerate(sizes):
             out[size] = self.rate(size)
-            if out[size] < 0.6 * max(out.values()):
-                break
-        return out
+            best = max(out.values())
+            if i >= 1 and out[size] < 0.6 * best:
+                return out, "peak"
+            if 1 <= i < len(sizes) - 1 and \
+                    time.perf_counter() - t0 > MICRO_TUNE_BUDGET * work / best:
+                return out, "budget"
+        return out, "top"
 
 
 def _tuning_file():

@@ -94,7 +94,10 @@ def test_bad_micro_batch_refused(cli, write_sweep, tmp_path):
     ({8: 1.0, 16: 1.05, 32: 0.5}, 64, 8),          # 8 is within 10 % of the best
     ({8: 1.0, 16: 2.0, 32: 2.1, 64: 1.0}, 64, 16),  # the smallest near the peak
     ({8: 1.0, 16: 2.0, 32: 3.0}, 32, None),          # still rising at the top: all at once
-    ({8: 1.0, 16: 2.0, 32: 3.0, 64: 1.0}, 16, 16),  # only sizes the share can hold
+    ({8: 1.0, 16: 2.0, 32: 3.0, 64: 1.0}, 24, 16),  # only sizes the share can hold
+    ({8: 1.0, 16: 2.0, 32: 3.0, 64: 1.0}, 16, None),  # 16 of 16: the whole share
+    ({64: 3.0, 8: 1.0}, 64, None),                    # the whole share measured best
+    ({128: 0.3, 8: 1.0, 16: 0.95}, 128, 8),           # the whole share spills
 ])
 def test_pick_micro_takes_the_smallest_size_at_saturation(rates, per_device, want):
     assert engine.pick_micro(rates, per_device) == want
@@ -112,6 +115,7 @@ def test_micro_batch_measured_once_then_read_back(monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "_tuning_file", lambda: table)
     monkeypatch.setattr(engine, "MICRO_TUNE_ABOVE_BYTES", 0)  # measure even this small net
     monkeypatch.setattr(engine, "MICRO_TUNE_MIN_VALUE", 0)
+    monkeypatch.setattr(engine, "MICRO_TUNE_BUDGET", float("inf"))  # the whole ladder
     text = BOTTLENECK.replace("replicate = { start = 0, stop = 11, num = 12 }",
                               "replicate = { start = 0, stop = 63, num = 64 }")
     runner, group = _runner(text)
@@ -119,10 +123,12 @@ def test_micro_batch_measured_once_then_read_back(monkeypatch, tmp_path):
     runner.choose_chunk(per_seed, None)
     assert runner.tune_s > 0
     rates = runner.micro_rates
-    assert min(rates) == 8 and all(r > 0 for r in rates.values())
-    sizes = sorted(rates)
-    assert sizes == [8 << i for i in range(len(sizes))]  # the ladder, from the bottom up
-    assert runner.micro == engine.pick_micro(rates, -(-per_seed // runner.n_devices))
+    share = -(-per_seed // runner.n_devices)
+    assert all(r > 0 for r in rates.values())
+    assert share in rates and 8 in rates  # the whole share and the smallest batch
+    ladder = sorted(k for k in rates if k != share)
+    assert ladder == [8 << i for i in range(len(ladder))]  # then from the bottom up
+    assert runner.micro == engine.pick_micro(rates, share)
     if runner.micro is not None:
         assert runner.batch % (runner.micro * runner.n_devices) == 0
     saved = json.loads(table.read_text())
@@ -133,6 +139,32 @@ def test_micro_batch_measured_once_then_read_back(monkeypatch, tmp_path):
     again.choose_chunk(per_seed, None)
     assert again.tune_s == 0  # read back, not measured
     assert again.micro == runner.micro and again.micro_rates == rates
+
+
+def test_short_sweeps_stop_measuring_at_the_budget(monkeypatch, tmp_path):
+    """After the whole share and 8 runs, measuring stops once it costs more than
+    MICRO_TUNE_BUDGET of the group's run time; the short measurement is read back by the
+    next sweep of the same length (not by a longer one)."""
+    table = tmp_path / "tuning.json"
+    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
+    monkeypatch.setattr(engine, "MICRO_TUNE_ABOVE_BYTES", 0)
+    monkeypatch.setattr(engine, "MICRO_TUNE_MIN_VALUE", 0)
+    monkeypatch.setattr(engine, "MICRO_TUNE_BUDGET", 0.0)
+    text = BOTTLENECK.replace("replicate = { start = 0, stop = 11, num = 12 }",
+                              "replicate = { start = 0, stop = 63, num = 64 }")
+    runner, _ = _runner(text)
+    runner.choose_chunk(64, None)
+    share = -(-64 // runner.n_devices)
+    assert list(runner.micro_rates) == [share, 8] and runner.tune_s > 0  # the two that matter
+    assert runner.micro == engine.pick_micro(runner.micro_rates, share)
+    (entry,) = json.loads(table.read_text()).values()
+    assert entry["ended"] == "budget" and not entry["complete"]
+    again, _ = _runner(text)
+    again.choose_chunk(64, None)
+    assert again.tune_s == 0 and again.micro == runner.micro
+    longer, _ = _runner(text.replace("steps = 240", "steps = 2400"))
+    longer.choose_chunk(64, None)
+    assert longer.tune_s > 0  # a longer sweep measures again
 
 
 def test_only_runs_with_large_values_are_measured(monkeypatch, tmp_path):
