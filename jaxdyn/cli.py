@@ -179,8 +179,8 @@ def cmd_run(args) -> int:
         f"{s['runs_done_before']} already done",
         f"diverged   {s['diverged']} of the runs run now",
         f"wall time  {_fmt_s(s['wall_s'])} (compile {_fmt_s(s['compile_s'])}"
-        + (f", micro-batch {'/'.join(map(str, s['micro_batch']))}" if any(s["micro_batch"])
-           else "")
+        + (", micro-batch " + "/".join(str(m) if m else "whole" for m in s["micro_batch"])
+           if any(s["micro_batch"]) else "")
         + (f" measured in {_fmt_s(s['tune_s'])}" if s.get("tune_s") else "")
         + f"), {_fmt_rate(s['run_steps_per_s'])} run·steps/s",
         f"writing    {_fmt_s(s.get('write_s', 0.0))} on the writer thread, overlapped with "
