@@ -352,7 +352,8 @@ def memory(args) -> list[dict]:
         n_log = len(sw.log.steps(sw.steps))
         row["per_run_growth"] = row[f"growth_micro{MEMORY_MICRO}"]
         row["per_run_growth_whole"] = row["growth_microNone"]
-        row["state_bytes_per_run"] = 4 * (d + 3 * m) + 4 + 8  # params + t + init key (sgd: no opt state)
+        # params + t + init key (SGD has no optimiser state)
+        row["state_bytes_per_run"] = 4 * (d + 3 * m) + 4 + 8
         row["activation_bytes_per_run"] = 4 * B * m  # one (batch, width) float32 array
         row["curves_bytes_per_run"] = 4 * n_log * 5 + 4 * 5 + 8
         row["data_bytes"] = 4 * ((n_train + 1024) * d + n_train + 1024 + d) \
@@ -446,7 +447,8 @@ def _main(args, results, tmp: Path) -> int:
               f"{results['steady']['steps']} steps): run-steps/s of the run function jitted "
               f"for one run vs jit(vmap) over R runs: "
               + ", ".join(f"R = {n}: {fmt(v)}" for n, v in st.items())
-              + f" (best vmapped / one run: {max(v for n, v in st.items() if n != '1') / st['1']:.2f}x;"
+              + f" (best vmapped / one run: "
+              f"{max(v for n, v in st.items() if n != '1') / st['1']:.2f}x;"
               f" on one CPU device: the engine runs one such program per core).",
               ""]
     ach = flops * best["run_steps_per_s_no_compile"]

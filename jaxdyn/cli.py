@@ -156,8 +156,8 @@ def cmd_run(args) -> int:
     progress = _Progress(sweep, args.quiet)
     try:
         summary = engine.run_sweep(sweep, exp, store, chunk_size=args.chunk_size,
-                                   micro_batch=args.micro_batch, progress=progress, probes=probes, process_index=pi,
-                                   process_count=pc)
+                                   micro_batch=args.micro_batch, progress=progress,
+                                   probes=probes, process_index=pi, process_count=pc)
         if pc > 1:
             from jax.experimental import multihost_utils
 

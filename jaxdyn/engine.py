@@ -93,10 +93,21 @@ def run_setup(exp: Experiment, static: dict, dyn: dict, seed, data):
     are given). Returns ``(hp, k_step, data, state0)``."""
     hp = {k: jnp.asarray(v).astype(static["dtype"]) for k, v in dyn.items()}
     key = jax.random.PRNGKey(seed)
-    k_init, k_step, k_data = (jax.random.fold_in(key, i) for i in range(3))
+    k_init, k_step = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     if data is None and exp.make_data is not None:
-        data = exp.make_data(k_data, static)
+        data = exp.make_data(data_key(seed), static)
     return hp, k_step, data, exp.init(k_init, static, hp, data)
+
+
+def data_key(seed) -> jax.Array:
+    """The key of the data a seed's runs share (``run_setup``'s k_data)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+
+def run_arrays(runs: Sequence[Run], dyn_names: Sequence[str]) -> tuple[dict, np.ndarray]:
+    """The dynamic hyperparameters (float64) and seeds (uint32) of ``runs``, one row each."""
+    return ({k: np.asarray([r.hp[k] for r in runs], np.float64) for k in dyn_names},
+            np.asarray([r.seed for r in runs], np.uint32))
 
 
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
@@ -305,8 +316,7 @@ class ChunkRunner:
             ``micro`` runs at a time (a sequential ``lax.map`` over micro-batches)."""
             data = None
             if shared:  # the same data on every device, each makes its own copy
-                data = exp.make_data(jax.random.fold_in(jax.random.PRNGKey(data_seed), 2),
-                                     self.static)
+                data = exp.make_data(data_key(data_seed), self.static)
             return _micro_batched(jax.vmap(run, in_axes=(0, 0, None), axis_name=RUN_AXIS),
                                   self.micro, (dyn, seeds), data)
 
@@ -399,8 +409,8 @@ class ChunkRunner:
         device at once, up to just past the peak, and the smallest size within
         MICRO_SATURATION of the best throughput is kept (None if that is the whole share).
         After the first two, measuring stops at MICRO_TUNE_BUDGET of the group's estimated
-        run time. Results do not depend on it (tested). The measurements persist beside the compilation
-        cache, so a second invocation measures nothing. Accelerators: None (their
+        run time. Results do not depend on it (tested). The measurements persist beside the
+        compilation cache, so a second invocation measures nothing. Accelerators: None (their
         throughput saturates at the batch the memory bound allows).
         """
         m = RUNS_PER_DEVICE_MULTIPLE
@@ -417,10 +427,13 @@ class ChunkRunner:
         work = len(self.group.runs) * self.sweep.steps  # run-steps of the whole group
         key = self._tuning_key()
         known = _tuning_load().get(key)
-        if known and ((known["complete"] and max(map(int, known["rates"]), default=0) >= whole)
-                      or work <= known.get("work", 0) or not known["rates"]):
+        if known and not {"temp_per_run", "ended", "work", "rates"} <= known.keys():
+            known = None  # written by another version: measure again
+        covers = known and known["ended"] != "budget" and \
+            max(map(int, known["rates"]), default=0) >= whole
+        if known and (covers or work <= known["work"] or not known["rates"]):
             self.micro_rates = {int(k): v for k, v in known["rates"].items()}
-            temp_per_run, ended = known["temp_per_run"], known.get("ended", "peak")
+            temp_per_run = known["temp_per_run"]
         else:
             t0 = time.perf_counter()
             tuner = _MicroTuner(self, whole)
@@ -429,7 +442,6 @@ class ChunkRunner:
                 self.micro_rates, ended = tuner.rates(sizes, work, t0)
             self.tune_s += time.perf_counter() - t0
             _tuning_save(key, {"temp_per_run": temp_per_run, "ended": ended, "work": work,
-                               "complete": ended != "budget",
                                "rates": {str(k): v for k, v in self.micro_rates.items()}})
         if temp_per_run * per_device <= MICRO_TUNE_ABOVE_BYTES:
             return None  # nothing to spill
@@ -447,9 +459,7 @@ class ChunkRunner:
         n = len(runs)
         size = self.batch or self.padded(n)
         pad = size - n
-        dyn = {k: np.asarray([r.hp[k] for r in runs] + [runs[-1].hp[k]] * pad, np.float64)
-               for k in self.dyn_names}
-        seeds = np.asarray([r.seed for r in runs] + [runs[-1].seed] * pad, np.uint32)
+        dyn, seeds = run_arrays(list(runs) + [runs[-1]] * pad, self.dyn_names)
         return self.compiled(size)(dyn, seeds, np.uint32(runs[0].seed))
 
 
@@ -464,23 +474,14 @@ def largest_step_value(exp: Experiment, static: dict, shared: bool) -> int:
         lambda d, s, x: run_setup(exp, static, d, s, x), dyn, seed, data)
     jaxpr = jax.make_jaxpr(lambda st, k, h, x: exp.step(st, k, static, h, x))(
         state, k_step, hp, data)
-    return _largest_value(jaxpr.jaxpr)
+    return max((_value_bytes(v) for eqn in _equations(jaxpr.jaxpr) for v in eqn.outvars),
+               default=0)
 
 
-def _largest_value(jaxpr) -> int:
-    best = 0
-    for eqn in jaxpr.eqns:
-        for v in eqn.outvars:
-            aval = getattr(v, "aval", None)
-            size = getattr(getattr(aval, "dtype", None), "itemsize", None)  # keys have one too
-            if size is not None and hasattr(aval, "shape"):
-                best = max(best, int(np.prod(aval.shape)) * int(size))
-        for p in eqn.params.values():
-            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    best = max(best, _largest_value(inner))
-    return best
+def _value_bytes(var) -> int:
+    aval = getattr(var, "aval", None)
+    size = getattr(getattr(aval, "dtype", None), "itemsize", None)  # PRNG keys have one too
+    return int(np.prod(aval.shape)) * int(size) if size is not None else 0
 
 
 def pick_micro(rates: dict[int, float], per_device: int) -> int | None:
@@ -523,11 +524,10 @@ class _MicroTuner:
         self.sharding = NamedSharding(r.mesh, P("runs"))
         runs = r.group.runs
         pick = [runs[i % len(runs)] for i in range(max_size * nd)]
-        dyn = {k: np.asarray([q.hp[k] for q in pick], np.float64) for k in r.dyn_names}
-        seeds = np.asarray([q.seed for q in pick], np.uint32)
+        dyn, seeds = run_arrays(pick, r.dyn_names)
         self.data = None
         if shared:
-            key = jax.random.fold_in(jax.random.PRNGKey(int(pick[0].seed)), 2)
+            key = data_key(int(pick[0].seed))
             self.data = jax.jit(lambda: exp.make_data(key, static))()
 
         def setup(dyn, seed, data):
@@ -649,15 +649,15 @@ LAPACK_PRIMITIVES = frozenset({"eigh", "eig", "qr", "svd", "cholesky", "lu", "sc
                                "tridiagonal_solve", "hessenberg", "orgqr"})
 
 
-def _primitives(jaxpr, out: set) -> set:
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs (loop bodies, branches) included."""
     for eqn in jaxpr.eqns:
-        out.add(eqn.primitive.name)
+        yield eqn
         for v in eqn.params.values():
             for sub in (v if isinstance(v, (tuple, list)) else (v,)):
                 inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
                 if hasattr(inner, "eqns"):
-                    _primitives(inner, out)
-    return out
+                    yield from _equations(inner)
 
 
 def uses_lapack(sweep: Sweep, exp: Experiment, probes=()) -> bool:
@@ -684,7 +684,7 @@ def group_uses_lapack(exp: Experiment, sweep: Sweep, group_static: dict, probes=
     dyn = {k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names}
     seed = jax.ShapeDtypeStruct((), jnp.uint32)
     jaxpr = jax.make_jaxpr(lambda d, s: run(d, s, None))(dyn, seed)
-    return bool(_primitives(jaxpr.jaxpr, set()) & LAPACK_PRIMITIVES)
+    return any(eqn.primitive.name in LAPACK_PRIMITIVES for eqn in _equations(jaxpr.jaxpr))
 
 
 def use_cpu_cores() -> int | None:
