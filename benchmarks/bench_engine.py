@@ -182,11 +182,11 @@ def bench_a(args, pieces) -> dict:
     def one_run(lr, seed, steps):
         lr = np.float32(lr)
         p = jinit(np.uint32(seed))
-        log = [tuple(float(x) for x in jmeasure(p))]
+        log = [jax.device_get(jmeasure(p, lr))]  # one transfer per log point
         for i in range(1, steps + 1):
             p = jstep(p, lr)
             if i % args.log_every == 0 or i == steps:
-                log.append(tuple(float(x) for x in jmeasure(p)))
+                log.append(jax.device_get(jmeasure(p, lr)))
         return log
 
     one_run(lrs[0], 0, min(args.a_steps, 2 * args.log_every))  # warm-up: compile everything

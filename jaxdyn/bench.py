@@ -577,7 +577,7 @@ def _mm_pieces(d: int, init_scale: float):
     import jax
     import jax.numpy as jnp
 
-    from jaxdyn.experiments.eos import _mm_loss, mean_model_grad
+    from jaxdyn.experiments.eos import _mm_measure, mean_model_grad
 
     f32 = jnp.float32
     d32, s32 = jnp.asarray(d, f32), jnp.asarray(init_scale, f32)
@@ -591,8 +591,10 @@ def _mm_pieces(d: int, init_scale: float):
         g = mean_model_grad(p, d32)  # the engine's own gradient: same math
         return {k: p[k] - lr * g[k] for k in p}
 
-    def measure(p):
-        return (_mm_loss(p, d32), p["b"], d32 * (p["a_minus"] + p["a_plus"]))
+    def measure(p, lr):
+        """The engine's seven metrics (loss, b, a_sum, a−, a+, sharpness, η·sharpness/2),
+        by the same closed forms: the baselines log what a sweep logs."""
+        return tuple(_mm_measure({"params": p}, None, {"d": d32, "lr": lr}, None).values())
 
     def run(lr, seed, steps: int, log_every: int):
         """One run: scan over log segments of a fori_loop; logs at 0, every, ..., steps."""
@@ -602,13 +604,13 @@ def _mm_pieces(d: int, init_scale: float):
 
         def segment(p, _):
             p = jax.lax.fori_loop(0, log_every, lambda i, q: step(q, lr), p)
-            return p, measure(p)
+            return p, measure(p, lr)
 
         p, logs = jax.lax.scan(segment, p0, None, length=n_seg)
-        logs = tuple(jnp.concatenate([f[None], l]) for f, l in zip(measure(p0), logs))
+        logs = tuple(jnp.concatenate([f[None], l]) for f, l in zip(measure(p0, lr), logs))
         if rem:
             p = jax.lax.fori_loop(0, rem, lambda i, q: step(q, lr), p)
-            logs = tuple(jnp.concatenate([l, m[None]]) for l, m in zip(logs, measure(p)))
+            logs = tuple(jnp.concatenate([l, m[None]]) for l, m in zip(logs, measure(p, lr)))
         return logs
 
     return init, step, measure, run
@@ -629,11 +631,11 @@ def baseline_python_loop(runs: int, steps: int, log_every: int, d: int = 100,
 
     def one_run(lr, seed, n):
         p = jinit(np.uint32(seed))
-        log = [tuple(float(x) for x in jmeasure(p))]
+        log = [jax.device_get(jmeasure(p, lr))]  # one transfer per log point
         for i in range(1, n + 1):
             p = jstep(p, lr)
             if i % log_every == 0 or i == n:
-                log.append(tuple(float(x) for x in jmeasure(p)))
+                log.append(jax.device_get(jmeasure(p, lr)))
         return log
 
     one_run(lrs[0], 0, min(steps, 2 * log_every))  # compile everything

@@ -782,7 +782,9 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
         for c in chunks_of(g, size, per_seed):
             mine = block % process_count == process_index
             block += 1
-            todo = [r for r in c if r.run_id not in done]
+            # in run_id order: the store writes rows sorted by run_id, and a run's results
+            # do not depend on its place in the batch (tested)
+            todo = sorted((r for r in c if r.run_id not in done), key=lambda r: r.run_id)
             if mine:
                 summary["runs_done_before"] += len(c) - len(todo)
             if not mine or not todo:

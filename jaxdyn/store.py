@@ -31,7 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-PARQUET_OPTS = dict(compression="zstd", compression_level=3, write_statistics=True)
+#: zstd level 1: on mean-model curves (1.65 M rows, 9 columns) it wrote in 0.12 s against
+#: 0.17 s at level 3, with files 2 % larger; the writer shares the CPU with the compute.
+PARQUET_OPTS = dict(compression="zstd", compression_level=1, write_statistics=True)
 CURVES_ROW_GROUP = 1 << 20
 
 
@@ -295,11 +297,15 @@ def _metric_column(values: np.ndarray) -> pa.Array:
 
 def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, diverged_step,
                  wall_s) -> tuple[pa.Table, pa.Table]:
-    """Arrow tables of one chunk, rows sorted by run_id (and step) for fast lookups."""
-    order = np.argsort([r.run_id for r in chunk], kind="stable")
-    runs = [chunk[i] for i in order]
-    alive = alive[order]
-    dstep = diverged_step[order]
+    """Arrow tables of one chunk, rows sorted by run_id (and step) for fast lookups. The
+    engine dispatches chunks in run_id order, so the reordering copy is usually skipped."""
+    ids = [r.run_id for r in chunk]
+    order = None if all(a < b for a, b in zip(ids, ids[1:])) else \
+        np.argsort(ids, kind="stable")
+    reorder = (lambda a: a) if order is None else (lambda a: np.asarray(a)[order])
+    runs = list(chunk) if order is None else [chunk[i] for i in order]
+    alive = reorder(alive)
+    dstep = reorder(diverged_step)
     n, n_log = len(runs), len(log_steps)
     cols: dict[str, Any] = {
         "run_id": pa.array([r.run_id for r in runs], pa.string()),
@@ -311,7 +317,7 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
     cols["status"] = pa.array(np.where(alive, "ok", "diverged").tolist(), pa.string())
     cols["diverged_step"] = pa.array(np.where(alive, 0, dstep), pa.int64(), mask=alive)
     for k, v in final.items():
-        v = np.asarray(v)[order]
+        v = reorder(np.asarray(v))
         if v.ndim == 1:
             cols[f"final_{k}"] = pa.array(v)
     cols["wall_s"] = pa.array(np.full(n, wall_s), pa.float64())
@@ -326,6 +332,6 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
         "step": pa.array(np.tile(np.asarray(log_steps, np.int64), n)),
     }
     for k, v in curves.items():
-        v = np.asarray(v)[order]  # (n, n_log, *shape)
+        v = reorder(np.asarray(v))  # (n, n_log, *shape)
         ccols[k] = _metric_column(v.reshape((n * n_log,) + v.shape[2:]))
     return runs_tbl, pa.table(ccols)
