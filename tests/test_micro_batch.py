@@ -63,7 +63,9 @@ def tables(folder):
     return runs.drop(columns=[c for c in runs if c.startswith("wall")], errors="ignore"), curves
 
 
-@pytest.mark.parametrize("text, name", [(BOTTLENECK, "bn"), (SCAN, "scan"), (QUAD, "quad")])
+@pytest.mark.parametrize("text, name", [
+    (BOTTLENECK, "bn"), (BOTTLENECK.replace("width = 48", "width = 48\nk = 3"), "bn"),
+    (SCAN, "scan"), (QUAD, "quad")], ids=["bn", "bn-k3", "scan", "quad"])
 def test_micro_batches_change_no_result(cli, write_sweep, tmp_path, text, name):
     path = write_sweep(text)
     code, _, err = cli("run", path, "--out", tmp_path / "whole", "--micro-batch", 0,

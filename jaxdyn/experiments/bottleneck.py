@@ -179,14 +179,18 @@ def init(key, static, hp, data):
 # ---- step --------------------------------------------------------------------------------
 def batch_grads(params, W, xb, yb, static, nu, want_w: bool = True):
     """Gradients of the minibatch loss (see ``batch_loss``) with respect to the first layer W
-    and θ = (u, b, v), by hand: with z = Wx, pre = Uz + b, r = ∂loss/∂f,
+    and θ = (u, b, v), by hand: with z = Wx, pre = Uz + b, h = σ(pre), the ReLU mask
+    M = 1[pre > 0], r = ∂loss/∂f and a = M ⊙ r (∂loss/∂pre up to v),
 
-        ∂v = σ(pre)ᵀ r,  a = r·1[pre > 0],  ∂b = v ⊙ Σ_n a,  ∂U = v ⊙ (aᵀ Z),
-        ∂W = (a (U ⊙ v))ᵀ X.
+        ∂v = hᵀ r,  ∂b = v ⊙ Σ_n a,  ∂U = v ⊙ (aᵀ Z),  ∂W = (a (U ⊙ v))ᵀ X.
 
     Equal to ``jax.grad(batch_loss)`` (tested) and about twice as fast under vmap on CPU:
     XLA fuses these few reductions over the (batch, width) activations, where the autodiff
-    graph makes it read them about twice as often. Returns (∂W or None, ∂θ dict)."""
+    graph makes it read them about twice as often. For k > 1 the same sums are matrix
+    products of M, with a never formed: [∂b; ∂U] = v ⊙ (Mᵀ [r, r ⊙ Z]) and ∂W from
+    r ⊙ (M (U ⊙ v)); measured at k = 4 (width 1000, batch 32, 2 CPU devices) 2.3e4 ->
+    4.5e4 run·steps/s, while for k = 1 the fused reductions stay as fast (the products were
+    0.7x of them in 8-run micro-batches). Returns (∂W or None, ∂θ dict)."""
     scale = 1.0 / xb.shape[0] if static["reduction"] == "mean" else 1.0
     if static["control"] == "fix_g":
         grads = jax.grad(lambda w: batch_loss(params, lambda _: w, xb, yb, static, nu))(W)
@@ -196,15 +200,17 @@ def batch_grads(params, W, xb, yb, static, nu, want_w: bool = True):
     pre = _pre(params, z)                             # (n, m)
     h = jax.nn.relu(pre)
     r = (h @ v - yb) * scale                          # (n,)
-    a = jnp.where(pre > 0, r[:, None], 0.0)           # (n, m)
     if u.shape[1] == 1:
-        gu = (v * (z[:, 0] @ a))[:, None]
+        a = jnp.where(pre > 0, r[:, None], 0.0)       # (n, m)
+        gth = {"u": (v * (z[:, 0] @ a))[:, None], "b": v * a.sum(0), "v": r @ h}
+        gz = a @ (u * v[:, None])                     # (n, 1)
     else:
-        gu = v[:, None] * (a.T @ z)
-    gth = {"u": gu, "b": v * a.sum(0), "v": r @ h}
+        mask = (pre > 0).astype(pre.dtype)            # (n, m)
+        s = jnp.concatenate([r[:, None], r[:, None] * z], 1).T @ mask   # (1 + k, m)
+        gth = {"u": (v * s[1:]).T, "b": v * s[0], "v": r @ h}
+        gz = r[:, None] * (mask @ (u * v[:, None]))   # (n, k)
     if not want_w:
         return None, gth
-    gz = a @ (u * v[:, None])                         # (n, k)
     return gz.T @ xb, gth
 
 
