@@ -305,24 +305,12 @@ def step_flops(args, n=64) -> float:
     return float(ca["flops"]) / n, float(ca.get("bytes accessed", 0.0)) / n
 
 
-def matmul_peak(n=4096, repeats=3) -> float:
-    import jax
-    import jax.numpy as jnp
+def matmul_peak() -> float:
+    """The matmul ceiling of ``jaxdyn bench``: the best float32 product over n = 256, 512, ...
+    with every device running its own at the same time (their total FLOP/s)."""
+    from jaxdyn.bench import measure_ceilings
 
-    # one product per device, all at once: the ceiling of every core the engine uses
-    devs = jax.local_devices()
-    pairs = [(jax.device_put(jax.random.normal(jax.random.PRNGKey(2 * i), (n, n), jnp.float32), d),
-              jax.device_put(jax.random.normal(jax.random.PRNGKey(2 * i + 1), (n, n),
-                                               jnp.float32), d))
-             for i, d in enumerate(devs)]
-    f = jax.jit(jnp.dot)
-    jax.block_until_ready([f(a, b) for a, b in pairs])
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready([f(a, b) for a, b in pairs])
-        best = min(best, time.perf_counter() - t)
-    return len(devs) * 2 * n**3 / best
+    return measure_ceilings()["flop_per_s"]
 
 
 def memory(args) -> list[dict]:
@@ -455,7 +443,8 @@ def _main(args, results, tmp: Path) -> int:
     lines += [f"FLOPs per run-step (XLA cost analysis of one vmapped SGD step): {fmt(flops)}; "
               f"bytes accessed per run-step: {fmt(bytes_)}.",
               f"Achieved by the best engine case (without compile): {fmt(ach / 1e9)} GFLOP/s; "
-              f"measured matmul peak (4096² float32 jnp.dot, one per device at once): "
+              f"measured matmul ceiling (`jaxdyn bench`'s: the best float32 product over "
+              f"n = 256, 512, ..., every device its own at once): "
               f"{fmt(results['matmul_peak_flops'] / 1e9)} GFLOP/s; ratio "
               f"{ach / results['matmul_peak_flops']:.1%}. The step is outer products, ReLU "
               f"masks and matrix-vector reductions over (batch, width) per run — bandwidth-, not "

@@ -279,47 +279,71 @@ def _device_memory() -> float:
 
 
 # ---- device ceilings -------------------------------------------------------------------------
+def every_device_sharding():
+    """Axis 0 of an array split over all local devices, one slice each."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    return NamedSharding(Mesh(np.array(jax.local_devices()), ("d",)), P("d"))
+
+
+def on_every_device(fn, **jit_kw):
+    """``fn`` run by every local device at once on its own slice (axis 0, one row per
+    device) of its argument: ``(n_devices, ...) -> (n_devices, ...)``."""
+    import jax
+
+    sh = every_device_sharding()
+    return jax.jit(jax.shard_map(fn, mesh=sh.mesh, in_specs=sh.spec, out_specs=sh.spec),
+                   **jit_kw)
+
+
 def measure_ceilings(max_n: int = 16384, min_copy_bytes: float = 2.0 ** 28,
                      min_total: float = 0.2) -> dict:
-    """Per-device float32 ceilings: the best matmul FLOP/s over doubling sizes (until one
+    """Float32 ceilings of all local devices together, each running its own copy at the same
+    time (as the engine's chunks do): the best matmul FLOP/s over doubling sizes n (until one
     product takes > 0.1 s or the matrices would use 1/8 of the memory), and the copy
-    bandwidth of ``x + 1`` on arrays of >= 256 MiB (bigger than any cache), read + write.
-    The copy donates its input (``x = f(x)`` in place): a fresh output buffer every call
-    would time the operating system's page faults, not the memory."""
+    bandwidth of ``x + 1`` on arrays of >= 256 MiB per device (bigger than any cache), read
+    + write. The copy donates its input (``x = f(x)`` in place): a fresh output buffer every
+    call would time the operating system's page faults, not the memory.
+
+    All devices at once, not one device times the count: XLA's CPU client runs one large
+    matmul on every core, so one CPU device alone already reaches the whole machine's
+    FLOP/s (measured here: 189 GFLOP/s for one of 2 CPU devices alone, 175 for both at
+    once), and
+    several GPUs share nothing but the host."""
     import jax
     import jax.numpy as jnp
 
-    dev = jax.local_devices()[0]
+    nd = len(jax.local_devices())
+    sh = every_device_sharding()
     mem = _device_memory()
-    mm = jax.jit(lambda a, b: a @ b)
+    mm = on_every_device(lambda ab: (ab[0, 0] @ ab[0, 1])[None])
     n, best, best_n, rows = 256, 0.0, 0, []
     key = jax.random.PRNGKey(0)
     while True:
-        a = jax.device_put(jax.random.normal(key, (n, n), jnp.float32), dev)
-        b = jax.device_put(jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32),
-                           dev)
-        _block(mm(a, b))  # compile + warm up
-        t = _best_time(lambda: _block(mm(a, b)), 3, min_total=min_total)
-        rate = 2.0 * n ** 3 / t
+        ab = jax.device_put(jax.random.normal(key, (nd, 2, n, n), jnp.float32), sh)
+        _block(mm(ab))  # compile + warm up
+        t = _best_time(lambda: _block(mm(ab)), 3, min_total=min_total)
+        rate = nd * 2.0 * n ** 3 / t
         rows.append({"n": n, "seconds": t, "flop_per_s": rate})
         if rate > best:
             best, best_n = rate, n
-        del a, b
-        if t > 0.1 or 2 * n >= max_n + 1 or 3 * (2 * n) ** 2 * 4 > mem / 8:
+        del ab
+        if t > 0.1 or 2 * n >= max_n + 1 or 4 * (2 * n) ** 2 * 4 > mem / 8:
             break
         n *= 2
-    cp = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+    cp = on_every_device(lambda x: x + 1.0, donate_argnums=0)
     size = int(min_copy_bytes // 4)
     bw, bw_bytes = 0.0, 0
     while True:
-        box = [jax.device_put(jnp.zeros((size,), jnp.float32), dev)]
+        box = [jax.device_put(jnp.zeros((nd, size), jnp.float32), sh)]
 
         def copy():
             box[0] = _block(cp(box[0]))
 
         copy()
         t = _best_time(copy, 3, min_total=min_total)
-        moved = 2.0 * 4 * size
+        moved = nd * 2.0 * 4 * size
         if moved / t > bw:
             bw, bw_bytes = moved / t, 4 * size
         del box
@@ -330,8 +354,9 @@ def measure_ceilings(max_n: int = 16384, min_copy_bytes: float = 2.0 ** 28,
             "bytes_per_s": bw, "copy_array_bytes": bw_bytes,
             "how": f"best float32 matmul over n = 256, 512, ... (best at n = {best_n}, "
                    f"default precision, 2n^3 FLOP) and best float32 x + 1 in place (input "
-                   f"donated) over a {bw_bytes / 2 ** 20:.0f} MiB array (8 bytes per "
-                   f"element moved), each the fastest of >= 3 repeats"}
+                   f"donated) over a {bw_bytes / 2 ** 20:.0f} MiB array per device (8 bytes "
+                   f"per element moved), each the fastest of >= 3 repeats, on all {nd} "
+                   f"device(s) at once (the figures are their total)"}
 
 
 def loop_accounting_check() -> dict:
@@ -553,9 +578,9 @@ def run_engine_case(case: Case, root: Path, ceil: dict) -> dict:
         "flops_per_run_step": cost["flops_step"] / batch,
         "bytes_per_run_step": cost["bytes_step"] / batch,
         "flop_per_s": flops_s, "bytes_per_s": bytes_s,
-        "flop_ceiling": ceil["flop_per_s"] * nd, "bytes_ceiling": ceil["bytes_per_s"] * nd,
-        "flop_frac": flops_s / (ceil["flop_per_s"] * nd),
-        "bytes_frac": bytes_s / (ceil["bytes_per_s"] * nd),
+        "flop_ceiling": ceil["flop_per_s"], "bytes_ceiling": ceil["bytes_per_s"],
+        "flop_frac": flops_s / ceil["flop_per_s"],
+        "bytes_frac": bytes_s / ceil["bytes_per_s"],
         "cost_lower_bound": bool({"step", "measure"} & set(cost["loops"])),
         "cost_note": _cost_note(cost),
         "xla_raw_flops": float(raw.get("flops", float("nan"))),
@@ -985,7 +1010,7 @@ def report(meta: dict, rows: list[dict]) -> str:
          f"at end {meta['load_end']} (other processes on the host skew every timing)",
          f"- total time of the command: {meta['total_s']:.1f} s ("
          + ", ".join(f"{k} {v:.1f} s" for k, v in meta.get("phase_s", {}).items()) + ")", "",
-         "## Device ceilings (measured by this command, float32, per device)", "",
+         "## Device ceilings (measured by this command, float32, all devices at once)", "",
          f"- matmul: **{c['flop_per_s'] / 1e9:.3g} GFLOP/s** (n = {c['matmul_n']}); "
          f"copy: **{c['bytes_per_s'] / 1e9:.3g} GB/s** "
          f"({c['copy_array_bytes'] / 2 ** 20:.0f} MiB array, read + write)", "",
@@ -1054,7 +1079,7 @@ def report(meta: dict, rows: list[dict]) -> str:
           "- memory: 'XLA chunk memory' = arguments + outputs + temporaries of the compiled "
           "chunk program (XLA's memory analysis); host peak RSS = VmHWM during the case "
           "(reset per case where /proc/self/clear_refs allows; else the process peak so far).",
-          f"- ceilings: {c['how']}. On several devices the ceilings are per device × devices."]
+          f"- ceilings: {c['how']}."]
     return "\n".join(L) + "\n"
 
 

@@ -115,6 +115,7 @@ def cmd_run(args) -> int:
     from jaxdyn import engine
 
     _setup_compilation_cache()
+    engine.reuse_freed_memory()
     exp = experiments.get(sweep.experiment)
     try:
         probes = engine.resolve_probes(sweep, exp)
@@ -415,6 +416,7 @@ def cmd_bench(args) -> int:
     from jaxdyn import bench, engine
 
     engine.use_cpu_cores()  # as `jaxdyn run` does; groups that call LAPACK keep one device
+    engine.reuse_freed_memory()  # as `jaxdyn run` does (the baselines run with it too)
     return bench.main_from_args(args)
 
 

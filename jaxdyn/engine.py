@@ -729,6 +729,30 @@ def cpu_devices_wanted() -> int | None:
     return n if n > 1 else None
 
 
+def reuse_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the
+    kernel: a process-wide setting, made by ``jaxdyn run`` and ``jaxdyn bench`` (not on
+    import). Returns whether it was set.
+
+    Each chunk's outputs (tens of MB) and the writer's Arrow buffers are allocated and freed
+    once per chunk; above glibc's mmap threshold each allocation is a fresh mapping whose
+    pages fault in again on first touch. Measured on the mean model (65,536 runs x 10,000
+    steps, 2 CPU devices, twice each): the sweep loop 3.49 -> 3.02 s and 3.17 -> 2.87 s, the
+    writer thread 1.83 -> 1.40 s and 1.74 -> 1.19 s busy. The resident memory then stays at
+    its peak, which a sweep reaches with its first chunks anyway. Off with
+    ``JAXDYN_MALLOPT=0``; nothing happens off glibc."""
+    import ctypes
+
+    if os.environ.get("JAXDYN_MALLOPT", "1") == "0" or platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: no mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
+
+
 def device_memory_bytes(device) -> float:
     try:
         stats = device.memory_stats()

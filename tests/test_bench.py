@@ -93,6 +93,37 @@ def _unrolled_chunk(exp, static, T: int, batch: int):
                                             S((), jnp.uint32)).compile())
 
 
+def test_ceilings_are_every_device_at_once():
+    """The ceilings are the total of every local device running its own product at the same
+    time: one CPU device alone already runs a large matmul on all cores, so one device's
+    figure times the device count (the old way) doubled the ceiling on 2 cores."""
+    import numpy as np
+
+    nd = len(jax.local_devices())
+    ab = np.random.default_rng(0).normal(size=(nd, 2, 64, 64)).astype(np.float32)
+    out = bench.on_every_device(lambda x: (x[0, 0] @ x[0, 1])[None])(
+        jax.device_put(ab, bench.every_device_sharding()))
+    assert out.shape == (nd, 64, 64) and len(out.sharding.device_set) == nd
+    for i in range(nd):  # each device its own product
+        np.testing.assert_allclose(out[i], ab[i, 0].astype(np.float64) @ ab[i, 1],
+                                   rtol=1e-4, atol=1e-4)
+    c = bench.measure_ceilings(max_n=256, min_copy_bytes=2.0 ** 20, min_total=0.0)
+    assert f"on all {nd} device(s) at once" in c["how"]
+    row = c["matmul_sizes"][0]
+    assert row["n"] == 256
+    assert row["flop_per_s"] == pytest.approx(nd * 2 * 256 ** 3 / row["seconds"])
+
+
+def test_freed_memory_kept_for_reuse_unless_switched_off(monkeypatch):
+    import platform
+
+    monkeypatch.setenv("JAXDYN_MALLOPT", "0")
+    assert engine.reuse_freed_memory() is False
+    monkeypatch.delenv("JAXDYN_MALLOPT")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert engine.reuse_freed_memory() is glibc
+
+
 def test_per_step_cost_matches_xla_count_of_unrolled_steps():
     """XLA counts a while loop's body once, so the bench builds a chunk's cost from a
     loop-free one-step program. Its per-step FLOPs must equal the marginal FLOPs of one more

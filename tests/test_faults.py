@@ -342,6 +342,7 @@ GROWTH_MB = 25
 
 
 def test_host_memory_flat_over_many_chunks(write_sweep, tmp_path):
+    engine.reuse_freed_memory()  # as `jaxdyn run` does: freed memory is kept for reuse
     rss = _run_memory_sweep(write_sweep, tmp_path)
     growth = rss[-1] - rss[10]
     print(f"RSS after chunk 10: {rss[10]:.1f} MB, after chunk 60: {rss[-1]:.1f} MB")

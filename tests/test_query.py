@@ -271,6 +271,50 @@ def test_parquet_layout_and_projection(sweeps):
         res.curves(columns=["nope"])
 
 
+def test_part_rows_sorted_by_run_id_whatever_the_chunk_order():
+    """The store sorts a chunk's rows by run_id (and step) itself when they come unsorted
+    (the engine dispatches them sorted, and then nothing is copied): every permutation of a
+    chunk gives the same tables, each row with its own run's values."""
+    from jaxdyn import engine, experiments, spec, store
+
+    sw = spec.parse(MM, experiments.params_of)
+    exp = experiments.get(sw.experiment)
+    group = engine.plan_groups(sw, exp, sw.runs())[0]
+    chunk = group.runs[:12]
+    log_steps = sw.log.steps(sw.steps)
+    n, nl = len(chunk), len(log_steps)
+    # run i of `chunk`, log point j: value 1000 i + j (+ 0.5 per metric)
+    curves = {m.name: (1000.0 * np.arange(n)[:, None] + np.arange(nl) + 0.5 * k)
+              .astype(np.float32) for k, m in enumerate(exp.metrics)}
+    alive = np.arange(n) % 3 != 0
+    dstep = np.where(alive, -1, 10 + np.arange(n))
+    index = {r.run_id: i for i, r in enumerate(chunk)}
+    got = []
+    rng = np.random.default_rng(0)
+    for perm in (np.arange(n), np.arange(n)[::-1], rng.permutation(n)):
+        c = {k: v[perm] for k, v in curves.items()}
+        runs_t, curves_t = store.chunk_tables(
+            sw, exp, group, [chunk[i] for i in perm], log_steps, c,
+            {k: v[:, -1] for k, v in c.items()}, alive[perm], dstep[perm], 1.0)
+        runs_df = runs_t.to_pandas()
+        curves_df = curves_t.to_pandas().astype({"run_id": str})
+        assert list(runs_df.run_id) == sorted(index)
+        keys = list(zip(curves_df.run_id, curves_df.step))
+        assert keys == sorted(keys)
+        i = curves_df.run_id.map(index).to_numpy()
+        j = np.tile(np.arange(nl), n)
+        for k, m in enumerate(exp.metrics):
+            np.testing.assert_array_equal(curves_df[m.name], 1000.0 * i + j + 0.5 * k)
+        ri = runs_df.run_id.map(index).to_numpy()
+        assert list(runs_df.status) == ["ok" if alive[x] else "diverged" for x in ri]
+        np.testing.assert_array_equal(runs_df.final_loss, 1000.0 * ri + nl - 1)
+        assert runs_df.diverged_step.isna().tolist() == list(alive[ri])
+        got.append((runs_df.drop(columns="wall_s"), curves_df))
+    for runs_df, curves_df in got[1:]:
+        pd.testing.assert_frame_equal(runs_df, got[0][0])
+        pd.testing.assert_frame_equal(curves_df, got[0][1])
+
+
 def test_uncommitted_curves_part_is_not_read(sweeps, tmp_path):
     """A curves part whose runs part is missing (a writer killed between the two renames) is
     not part of the tables for any reader."""
