@@ -504,8 +504,6 @@ def _recording_runners():
 
 
 def run_engine_case(case: Case, root: Path, ceil: dict) -> dict:
-    import jax
-
     from jaxdyn import engine, experiments, spec
     from jaxdyn.store import SweepStore
 
@@ -561,7 +559,6 @@ def run_engine_case(case: Case, root: Path, ceil: dict) -> dict:
     if not xla_peak:
         xla_peak = (mget("argument_size_in_bytes") + mget("output_size_in_bytes")
                     + mget("temp_size_in_bytes") - mget("alias_size_in_bytes"))
-    nd = len(jax.local_devices())
     flops_s = cost["flops_chunk"] / steady
     bytes_s = cost["bytes_chunk"] / steady
     runs = summary["runs_run"]

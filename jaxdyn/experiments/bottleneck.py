@@ -195,7 +195,7 @@ def batch_grads(params, W, xb, yb, static, nu, want_w: bool = True):
     if static["control"] == "fix_g":
         grads = jax.grad(lambda w: batch_loss(params, lambda _: w, xb, yb, static, nu))(W)
         return grads, {}
-    u, b, v = params["u"], params["b"], params["v"]
+    u, v = params["u"], params["v"]
     z = xb @ W.T                                      # (n, k)
     pre = _pre(params, z)                             # (n, m)
     h = jax.nn.relu(pre)
