@@ -978,9 +978,16 @@ def _targets(meta: dict, rows: list[dict]) -> list[str]:
         best = max(kern, key=lambda r: r["run_steps_per_s"])
         e2e = mm["run_steps_per_s"] / best["run_steps_per_s"]
         st = mm["steady_run_steps_per_s"] / best["run_steps_per_s"]
+        # like for like: the kernel end to end too (its compile + its timed run)
+        best_e2e = max(r["runs"] * r["steps"] / (r["wall_s"] + r["compile_s"]) for r in kern)
+        like = mm["run_steps_per_s"] / best_e2e
         out.append(f"- engine ≥ 80 % of the best hand-written kernel (mean model, large): "
-                   f"end to end {100 * e2e:.0f} %, steady {100 * st:.0f} % "
-                   f"({'met' if e2e >= 0.8 else 'NOT met'} end to end)")
+                   f"end to end {100 * like:.0f} % of the kernel end to end "
+                   f"({'met' if like >= 0.8 else 'NOT met'}); {100 * e2e:.0f} % of its "
+                   f"steady rate (compile excluded for the kernel only); steady "
+                   f"{100 * st:.0f} % ({'met' if st >= 0.8 else 'NOT met'}). This suite's "
+                   f"runs are short, so compiles dominate end to end; "
+                   f"benchmarks/bench_engine.py measures the sweep sizes of sweeps/")
     if mm and loop:
         x = mm["run_steps_per_s"] / loop[0]["run_steps_per_s"]
         out.append(f"- engine ≥ 3,000× the per-run Python loop: {x:.3g}× end to end "

@@ -174,7 +174,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
 
         def segment(carry, seg):
             start, n, probe_flags = seg
-            state, alive, dstep = carry
+            state, alive, dstep, _ = carry
 
             # Fast path: the steps without the per-step freeze, which on a CPU costs more
             # kernels than a cheap step itself (a reduction over the state's leaves, then a
@@ -199,15 +199,19 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                                  lambda: (fast_state, alive, dstep))
             state, alive, _ = carry
             m = measure(state, hp, data, probe_flags)
-            return carry, ({k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}, m)
+            # The state is frozen at its last finite value, so the last log point's unmasked
+            # metrics are the final metrics, also of a diverged run (its values just before
+            # it diverged). Probes are not part of them. Carried, not stacked per log point:
+            # measured on a mean-model chunk, XLA's temporaries 23.5 -> 7.2 MB and compile
+            # 1.87 -> 1.58 s, the same bits.
+            last = {k: m[k] for k in metric_keys}
+            return (*carry, last), {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
 
-        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64))
-        (state, alive, dstep), (curves, raw) = jax.lax.scan(segment, carry0,
+        shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
+        last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
+        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
+        (state, alive, dstep, final), curves = jax.lax.scan(segment, carry0,
                                                             (starts, lengths, flags))
-        # The state is frozen at its last finite value, so the last log point's unmasked
-        # metrics are the final metrics, also of a diverged run (its values just before it
-        # diverged). Probes are not part of them.
-        final = {k: raw[k][-1] for k in metric_keys}
         return curves, final, alive, dstep
     return run
 
