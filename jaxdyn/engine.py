@@ -740,10 +740,10 @@ def reuse_freed_memory() -> bool:
 
     Each chunk's outputs (tens of MB) and the writer's Arrow buffers are allocated and freed
     once per chunk; above glibc's mmap threshold each allocation is a fresh mapping whose
-    pages fault in again on first touch. Measured on the mean model (65,536 runs x 10,000
-    steps, 2 CPU devices, twice each): the sweep loop 3.49 -> 3.02 s and 3.17 -> 2.87 s, the
-    writer thread 1.83 -> 1.40 s and 1.74 -> 1.19 s busy. The resident memory then stays at
-    its peak, which a sweep reaches with its first chunks anyway. Off with
+    pages fault in again on first touch. Measured with ``jaxdyn run`` on the mean model
+    (65,536 runs x 10,000 steps, 2 CPU devices, cold, on and off alternately, 3 each): wall
+    4.27 -> 4.01 s on average, the writer thread 1.20 -> 0.96 s busy. The resident memory
+    then stays at its peak, which a sweep reaches with its first chunks anyway. Off with
     ``JAXDYN_MALLOPT=0``; nothing happens off glibc."""
     import ctypes
 
