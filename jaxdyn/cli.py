@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--micro-batch", type=int, default=None,
                    help="runs vmapped together on one device inside a chunk (default: "
                         "measured on a CPU where a chunk's temporaries outgrow the cache; "
-                        "0 = all of them); never changes results")
+                        "0 = all of them); changes results at most by float rounding")
     r.add_argument("--force", action="store_true",
                    help="replace results of a different sweep with the same name "
                         "(they are moved aside, not deleted)")

@@ -413,7 +413,9 @@ class ChunkRunner:
         device at once, up to just past the peak, and the smallest size within
         MICRO_SATURATION of the best throughput is kept (None if that is the whole share).
         After the first two, measuring stops at MICRO_TUNE_BUDGET of the group's estimated
-        run time. Results do not depend on it (tested). The measurements persist beside the
+        run time. Results do not depend on it beyond the last bit (bitwise in the tests with
+        2 CPU devices; on one, the bottleneck's train_loss differed in the last bit between
+        48 runs vmapped together and 8). The measurements persist beside the
         compilation cache, so a second invocation measures nothing. Accelerators: None (their
         throughput saturates at the batch the memory bound allows).
         """
