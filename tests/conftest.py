@@ -4,9 +4,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Every in-process test sees the same backend: 2 CPU devices, whatever the machine's core
+# count and whichever test touches JAX first. (Before, a test file that started JAX ahead of
+# the first in-process `jaxdyn run` left 1 device for the rest of the session, and
+# test_micro_batch.py then compared 48-run shares, whose batched products round the
+# bottleneck's train_loss differently in the last bit, instead of 24-run ones.)
+jax.config.update("jax_num_cpu_devices", 2)
 
 
 @pytest.fixture
