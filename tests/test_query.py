@@ -548,20 +548,22 @@ log = { every = 10 }
 [fixed]
 d = 100
 [grid]
-lr = { start = 1e-3, stop = 3e-2, num = 1000, spacing = "log" }
+lr = { start = 1e-3, stop = 3e-2, num = 1500, spacing = "log" }
 """
 
 
 def test_reading_while_another_process_writes(tmp_path):
-    """``jaxdyn run`` in a subprocess writes 2000 runs in chunks of 16 while this process
-    reads runs, curves, SQL and status in a loop: never an error, never a partial part."""
+    """``jaxdyn run`` in a subprocess writes 3000 runs in chunks of 8 while this process
+    reads runs, curves, SQL and status in a loop: never an error, never a partial part.
+    (375 chunks: about 3 s of writing here, so that several reads land inside it; 2000 runs
+    in chunks of 16 finished in under a second once the writer got faster.)"""
     f = tmp_path / "live.toml"
     f.write_text(WRITER)
     root = tmp_path / "res"
-    total, n_log = 2000, 11
+    total, n_log = 3000, 11
     env = {**os.environ, "JAXDYN_CACHE_DIR": str(tmp_path.parent / "jaxdyn-test-cache")}
     proc = subprocess.Popen([sys.executable, "-m", "jaxdyn", "run", str(f), "--out", str(root),
-                             "--chunk-size", "16", "--quiet"], cwd=ROOT, env=env,
+                             "--chunk-size", "8", "--quiet"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, last, last_status, reads = set(), 0, 0, 0
     try:
@@ -598,6 +600,7 @@ def test_reading_while_another_process_writes(tmp_path):
         out, err = proc.communicate()
     assert proc.returncode == 0, err
     intermediate = {n for n in seen if 0 < n < total}
+    print(f"{reads} reads; run counts seen: {sorted(seen)}")
     assert len(intermediate) >= 3, f"the reads did not overlap the writes: {sorted(seen)}"
     res = jaxdyn.load("live", root=root)
     assert len(res.runs) == total and res.runs.run_id.is_unique
