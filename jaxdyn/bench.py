@@ -307,10 +307,8 @@ def measure_ceilings(max_n: int = 16384, min_copy_bytes: float = 2.0 ** 28,
     call would time the operating system's page faults, not the memory.
 
     All devices at once, not one device times the count: XLA's CPU client runs one large
-    matmul on every core, so one CPU device alone already reaches the whole machine's
-    FLOP/s (measured here: 189 GFLOP/s for one of 2 CPU devices alone, 175 for both at
-    once), and
-    several GPUs share nothing but the host."""
+    matmul on every core, so one CPU device alone already reaches the whole machine's FLOP/s
+    (measured here: 189 GFLOP/s for one of 2 CPU devices alone, 175 for both at once)."""
     import jax
     import jax.numpy as jnp
 
