@@ -300,15 +300,16 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
     """Arrow tables of one chunk, rows sorted by run_id (and step) for fast lookups. The
     engine dispatches chunks in run_id order, so the reordering copy is usually skipped."""
     ids = [r.run_id for r in chunk]
-    order = None if all(a < b for a, b in zip(ids, ids[1:])) else \
-        np.argsort(ids, kind="stable")
-    reorder = (lambda a: a) if order is None else (lambda a: np.asarray(a)[order])
-    runs = list(chunk) if order is None else [chunk[i] for i in order]
-    alive = reorder(alive)
-    dstep = reorder(diverged_step)
+    if all(a < b for a, b in zip(ids, ids[1:])):
+        order, runs = slice(None), list(chunk)  # a slice: the arrays below are views
+    else:
+        order = np.argsort(ids, kind="stable")
+        runs, ids = [chunk[i] for i in order], [ids[i] for i in order]
+    alive = np.asarray(alive)[order]
+    dstep = np.asarray(diverged_step)[order]
     n, n_log = len(runs), len(log_steps)
     cols: dict[str, Any] = {
-        "run_id": pa.array([r.run_id for r in runs], pa.string()),
+        "run_id": pa.array(ids, pa.string()),
         "group": pa.array([group.label] * n, pa.string()),
         "seed": pa.array([r.seed for r in runs], pa.int64()),
     }
@@ -317,7 +318,7 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
     cols["status"] = pa.array(np.where(alive, "ok", "diverged").tolist(), pa.string())
     cols["diverged_step"] = pa.array(np.where(alive, 0, dstep), pa.int64(), mask=alive)
     for k, v in final.items():
-        v = reorder(np.asarray(v))
+        v = np.asarray(v)[order]
         if v.ndim == 1:
             cols[f"final_{k}"] = pa.array(v)
     cols["wall_s"] = pa.array(np.full(n, wall_s), pa.float64())
@@ -328,10 +329,10 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
     ccols: dict[str, Any] = {
         "run_id": pa.DictionaryArray.from_arrays(
             pa.array(np.repeat(np.arange(n, dtype=np.int32), n_log)),
-            pa.array([r.run_id for r in runs], pa.string())),
+            pa.array(ids, pa.string())),
         "step": pa.array(np.tile(np.asarray(log_steps, np.int64), n)),
     }
     for k, v in curves.items():
-        v = reorder(np.asarray(v))  # (n, n_log, *shape)
+        v = np.asarray(v)[order]  # (n, n_log, *shape)
         ccols[k] = _metric_column(v.reshape((n * n_log,) + v.shape[2:]))
     return runs_tbl, pa.table(ccols)
