@@ -1,9 +1,34 @@
 """jaxdyn: training-dynamics sweeps as one jit-compiled, vmapped JAX program per shape.
 
-The analysis side (``load``, ``query``) does not import JAX.
+The public API::
+
+    jaxdyn.run(sweep, ...)              # run a sweep file, dict or Sweep -> RunSummary
+    jaxdyn.load(name), jaxdyn.query()   # the results (no JAX)
+    jaxdyn.Experiment, Param, Metric, Probe   # declare your own experiment
+    jaxdyn.optimizer(static, hp)        # the sweep's optax transformation
+    jaxdyn.supervised(...)              # an Experiment from an initializer, a loss and data
+
+Importing jaxdyn does not import JAX (the analysis side never needs it) and changes no JAX
+setting: names that need JAX are imported on first use.
 """
 
+from jaxdyn.experiments.base import Experiment, Metric, Probe
+from jaxdyn.launch import RunSummary, run
 from jaxdyn.query import Results, load, query
+from jaxdyn.spec import JaxdynError, Param, SpecError
 
-__all__ = ["Results", "load", "query"]
+__all__ = ["Experiment", "JaxdynError", "Metric", "Param", "Probe", "Results", "RunSummary",
+           "SpecError", "load", "optimizer", "query", "run", "supervised"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazily: these import optax/JAX
+    if name == "optimizer":
+        from jaxdyn.optim import optimizer
+
+        return optimizer
+    if name == "supervised":
+        from jaxdyn.supervised import supervised
+
+        return supervised
+    raise AttributeError(f"module 'jaxdyn' has no attribute {name!r}")

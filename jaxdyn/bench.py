@@ -48,6 +48,8 @@ from typing import Callable
 
 import numpy as np
 
+from jaxdyn.launch import version
+
 #: Families benchmarked, in this order (each when its module imports and defines it).
 FAMILIES = ("eos.mean_model", "eos.single_neuron", "eos.threshold_relu", "dc.neuron",
             "relu.teacher_student", "bottleneck.three_layer")
@@ -1103,7 +1105,7 @@ def run(suite: str = "quick", out: str | Path | None = None, only: list[str] | N
 
     load_start = _load()
     meta = {"suite": suite, "date": date.isoformat(timespec="seconds"),
-            "jax_version": jax.__version__, "jaxdyn_version": _version(),
+            "jax_version": jax.__version__, "jaxdyn_version": version(),
             "device": engine.device_description(), "backend": jax.default_backend(),
             "n_devices": len(jax.local_devices()),
             "host": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
@@ -1228,21 +1230,15 @@ def _json_default(x):
     return str(x)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("jaxdyn")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def main_from_args(args) -> int:
     """``jaxdyn bench`` (called by the CLI)."""
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     echo = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr,
                                                                  flush=True))
-    out, rows = run(args.suite, args.out, only, torch=not args.no_torch, echo=echo)
+    import jax
+
+    with jax.enable_x64(True):  # as jaxdyn.run: float64 cases need it, float32 ones keep it
+        out, rows = run(args.suite, args.out, only, torch=not args.no_torch, echo=echo)
     print((out / "bench.md").read_text())
     print(f"[bench] wrote {out / 'bench.parquet'}, {out / 'bench.md'}, {out / 'bench.json'}")
     return 0

@@ -7,14 +7,15 @@ expected, and exit status 2; nothing is written before a sweep file has been ful
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import sys
-import time
 from pathlib import Path
 
+from jaxdyn.fmt import ago as _fmt_ago, duration, eta as _fmt_eta, rate
+
 EXIT_USAGE = 2
+_fmt_rate = rate
 
 
 def _err(msg: str) -> int:
@@ -22,205 +23,56 @@ def _err(msg: str) -> int:
     return EXIT_USAGE
 
 
-def _fmt_rate(x: float) -> str:
-    return f"{x:.3g}"
-
-
-def _fmt_s(s: float) -> str:
-    if s < 10:
-        return f"{s:.2f}s"
-    if s < 120:
-        return f"{s:.1f}s"
-    return f"{s / 60:.1f}min"
-
-
-class _Progress:
-    """A tqdm bar on a terminal; plain progress lines otherwise (logs, CI)."""
-
-    def __init__(self, sweep, quiet: bool):
-        self.sweep, self.quiet = sweep, quiet
-        self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.t0 = time.perf_counter()
-        self.done = 0
-        self.total = 0
-        self.n_chunks = 0
-
-    def __call__(self, event: str, **kw):
-        if self.quiet:
-            return
-        if event == "start":
-            self.total, self.n_chunks = kw["total_runs"], kw["total_chunks"]
-            if self.tty:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=self.total, unit="run", desc=self.sweep.name,
-                                dynamic_ncols=True)
-            else:
-                print(f"[jaxdyn] {self.sweep.name}: {self.total} runs to do in "
-                      f"{self.n_chunks} chunks", file=sys.stderr, flush=True)
-        elif event == "chunk":
-            self.done += kw["runs"]
-            el = time.perf_counter() - self.t0
-            rate = self.done / max(el, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            rs = rate * self.sweep.steps
-            if self.bar is not None:
-                self.bar.set_postfix_str(f"chunk {kw['index'] + 1}/{self.n_chunks}, "
-                                         f"{_fmt_rate(rs)} run·steps/s")
-                self.bar.update(kw["runs"])
-            else:
-                print(f"[jaxdyn] chunk {kw['index'] + 1}/{self.n_chunks}: "
-                      f"{self.done}/{self.total} runs, {rate:.1f} runs/s "
-                      f"({_fmt_rate(rs)} run·steps/s), ETA {_fmt_s(eta)}",
-                      file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _setup_compilation_cache() -> None:
-    import jax
-
-    cache = os.environ.get("JAXDYN_CACHE_DIR",
-                           str(Path.home() / ".cache" / "jaxdyn" / "xla"))
-    try:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    except Exception:  # noqa: BLE001 - a cache is an optimisation, never a failure
-        pass
-
-
 def cmd_run(args) -> int:
-    from jaxdyn import experiments, spec
-    from jaxdyn.store import StoreError, SweepStore
+    from jaxdyn.launch import run
+    from jaxdyn.spec import JaxdynError
 
-    if args.chunk_size is not None and args.chunk_size <= 0:
-        return _err(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
-    if args.micro_batch is not None and args.micro_batch < 0:
-        return _err(f"--micro-batch: expected an integer >= 0 (0 = all of a device's runs "
-                    f"at once), got {args.micro_batch}")
     try:
-        # the run count is checked from the counts, before seeds or ranges are expanded:
-        # over MAX_RUNS_UNCONFIRMED needs --yes, over MAX_RUNS is always refused
-        sweep = spec.load(args.file, experiments.params_of, overrides=args.set or [],
-                          max_runs=None if args.yes else spec.MAX_RUNS_UNCONFIRMED)
-    except spec.SpecError as e:
-        return _err(str(e))
-
-    import jax
-
-    from jaxdyn import engine
-
-    _setup_compilation_cache()
-    engine.reuse_freed_memory()
-    exp = experiments.get(sweep.experiment)
-    try:
-        probes = engine.resolve_probes(sweep, exp)
-    except spec.SpecError as e:
-        return _err(str(e))
-    # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
-    if engine.cpu_devices_wanted() and not engine.uses_lapack(sweep, exp, probes):
-        engine.use_cpu_cores()
-    pi, pc = 0, 1
-    if args.distributed:
-        try:
-            pi, pc = _init_distributed(args)
-        except Exception as e:  # noqa: BLE001 - the runtime's own message says what failed
-            return _err(f"--distributed: jax.distributed.initialize failed: {e}")
-    store = SweepStore(args.out, sweep.name)
-    extra = {"jaxdyn_version": _version(), "jax_version": jax.__version__,
-             "device": engine.device_description(), "process_count": pc}
-    opened, msg = True, ""
-    if pi == 0:
-        try:
-            store.open(sweep, extra, force=args.force)
-        except StoreError as e:
-            opened, msg = False, str(e)
-    if pc > 1:  # the others join only once process 0 has checked and cleaned the folder
-        from jax.experimental import multihost_utils
-
-        ok = multihost_utils.broadcast_one_to_all(np.int32(opened))
-        if pi > 0:
-            if not int(ok):
-                return _err(f"process 0 could not open {store.dir}; see its message")
-            try:
-                store.join(sweep, pi)
-            except StoreError as e:
-                opened, msg = False, str(e)
-    if not opened:
-        return _err(msg)
-    if store.moved_aside:
-        print(f"[jaxdyn] previous results moved to {store.moved_aside}", file=sys.stderr)
-    progress = _Progress(sweep, args.quiet)
-    try:
-        summary = engine.run_sweep(sweep, exp, store, chunk_size=args.chunk_size,
-                                   micro_batch=args.micro_batch, progress=progress,
-                                   probes=probes, process_index=pi, process_count=pc)
-        if pc > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"jaxdyn-{sweep.name}-done")
-    except StoreError as e:
+        s = run(args.file, out=args.out, overrides=args.set or [], chunk_size=args.chunk_size,
+                micro_batch=args.micro_batch, force=args.force, quiet=args.quiet,
+                yes=args.yes, distributed=args.distributed, coordinator=args.coordinator,
+                num_processes=args.num_processes, process_id=args.process_id)
+    except JaxdynError as e:
         return _err(str(e))
     except KeyboardInterrupt:
         print("\njaxdyn: interrupted; completed chunks are kept, run again to resume",
               file=sys.stderr)
         return 130
-    finally:
-        progress.close()
-        store.close()
-    s = summary
-    who = f" (process {pi} of {pc})" if pc > 1 else ""
+    st = s.stats
+    who = f" (process {s.process_index} of {s.process_count})" if s.process_count > 1 else ""
+    dup = (f", {s.duplicates} duplicate grid points' runs dropped" if s.duplicates else "")
     lines = [
-        f"sweep      {sweep.name} ({sweep.experiment}){who}",
-        f"runs       {s['runs_total']} total, {s['runs_run']} run now, "
-        f"{s['runs_done_before']} already done",
-        f"diverged   {s['diverged']} of the runs run now",
-        f"wall time  {_fmt_s(s['wall_s'])} (compile {_fmt_s(s['compile_s'])}"
-        + (", micro-batch " + "/".join(str(m) if m else "whole" for m in s["micro_batch"])
-           if any(s["micro_batch"]) else "")
-        + (f" measured in {_fmt_s(s['tune_s'])}" if s.get("tune_s") else "")
-        + f"), {_fmt_rate(s['run_steps_per_s'])} run·steps/s",
-        f"writing    {_fmt_s(s.get('write_s', 0.0))} on the writer thread, overlapped with "
-        f"compute; the sweep waited {_fmt_s(s.get('write_wait_s', 0.0))} for it",
-        f"tables     {store.dir / 'runs'}  {store.dir / 'curves'}",
+        f"sweep      {s.name} ({s.experiment}){who}",
+        f"runs       {s.runs_total} total, {s.runs_run} run now, "
+        f"{s.runs_done_before} already done{dup}",
+        f"diverged   {s.diverged} of the runs run now",
+        f"wall time  {duration(s.wall_s)} (compile {duration(s.compile_s)}"
+        + (", micro-batch " + "/".join(str(m) if m else "whole" for m in st["micro_batch"])
+           if any(st["micro_batch"]) else "")
+        + (f" measured in {duration(st['tune_s'])}" if st.get("tune_s") else "")
+        + f"), {rate(st['run_steps_per_s'])} run·steps/s",
+        f"writing    {duration(st.get('write_s', 0.0))} on the writer thread, overlapped "
+        f"with compute; the sweep waited {duration(st.get('write_wait_s', 0.0))} for it",
+        f"tables     {s.folder / 'runs'}  {s.folder / 'curves'}",
     ]
     print("\n".join(lines))
     return 0
 
 
-def _init_distributed(args) -> tuple[int, int]:
-    """JAX's multi-controller runtime: auto-detected on SLURM and TPU pods, or explicit."""
-    import jax
-
-    kw = {}
-    if args.coordinator:
-        kw["coordinator_address"] = args.coordinator
-    if args.num_processes is not None:
-        kw["num_processes"] = args.num_processes
-    if args.process_id is not None:
-        kw["process_id"] = args.process_id
-    jax.distributed.initialize(**kw)
-    return jax.process_index(), jax.process_count()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("jaxdyn")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def cmd_list(args) -> int:
     from jaxdyn import experiments
 
-    for name in experiments.names():
-        exp = experiments.get(name)
+    refs = args.refs or experiments.names()
+    shown = []
+    try:
+        for ref in refs:
+            if ref.endswith(".py") and ":" not in ref:  # every Experiment in a file
+                shown += [(f"{ref}:{n}", e) for n, e in _file_experiments(ref)]
+            else:
+                shown.append((ref, experiments.get(ref, Path.cwd())))
+    except KeyError as e:
+        return _err(str(e))
+    for name, exp in shown:
         print(f"{name}\n    {exp.doc}")
         print("    hyperparameters:")
         for p in exp.params:
@@ -233,7 +85,37 @@ def cmd_list(args) -> int:
             shape = f" {m.shape}" if m.shape else ""
             print(f"      {m.name:<14}{shape} {m.doc}")
         print()
+    if not args.refs:
+        print("Your own experiments: experiment = \"path/to/file.py:NAME\" in a sweep file "
+              "(jaxdyn list FILE.py shows a file's), or \"package.module:NAME\".")
     return 0
+
+
+def _file_experiments(path: str):
+    """``(variable, Experiment)`` of every Experiment a Python file defines."""
+    from jaxdyn import experiments
+    from jaxdyn.experiments import Experiment
+
+    p = Path(path)
+    if not p.is_file():
+        raise experiments.ExperimentLoadError(f"{path}: no such file", [])
+    import ast
+
+    tree = ast.parse(p.read_text(), str(p))
+    names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+             if isinstance(t, ast.Name)]
+    out = []
+    for n in names:
+        try:
+            exp = experiments.get(f"{p.resolve()}:{n}")
+        except KeyError as e:
+            if "is a" in str(e) and "not a jaxdyn.Experiment" in str(e):
+                continue
+            raise
+        if isinstance(exp, Experiment):
+            out.append((n, exp))
+    return out
 
 
 def cmd_query(args) -> int:
@@ -307,22 +189,6 @@ def _json_lines(df) -> str:
     cols = [str(c) for c in df.columns]
     return "\n".join(json.dumps(dict(zip(cols, map(_json_value, row))), allow_nan=False)
                      for row in df.itertuples(index=False, name=None))
-
-
-def _fmt_ago(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f}s ago"
-    if s < 7200:
-        return f"{s / 60:.0f}min ago"
-    return f"{s / 3600:.1f}h ago"
-
-
-def _fmt_eta(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f}s"
-    if s < 7200:
-        return f"{s / 60:.1f}min"
-    return f"{s / 3600:.1f}h"
 
 
 def cmd_status(args) -> int:
@@ -448,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="experiments, their hyperparameters and metrics")
+    ls.add_argument("refs", nargs="*", metavar="EXPERIMENT",
+                    help="only these: a name, FILE.py (every experiment in it), FILE.py:NAME "
+                         "or package.module:NAME")
     ls.set_defaults(fn=cmd_list)
 
     q = sub.add_parser("query", help='SQL over views runs and curves: query [NAME ...] "SQL"',

@@ -112,8 +112,12 @@ def run_arrays(runs: Sequence[Run], dyn_names: Sequence[str]) -> tuple[dict, np.
 
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
-                diverge_above: float | None = None, axis_name: str | None = None) -> Callable:
+                diverge_above: float | None = None, axis_name: str | None = None,
+                save_params: str | None = None) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
+
+    ``save_params``: "final" or "log" appends a fifth output, ``exp.params_of_state`` of the
+    final (frozen) state, or of the state at every log point (leading axis: log points).
 
     ``dyn``: dict of scalar dynamic hyperparameters. ``curves[m]`` has shape
     ``(len(log_steps),) + metric shape``; values logged after a divergence are NaN.
@@ -205,13 +209,21 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             # measured on a mean-model chunk, XLA's temporaries 23.5 -> 7.2 MB and compile
             # 1.87 -> 1.58 s, the same bits.
             last = {k: m[k] for k in metric_keys}
-            return (*carry, last), {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
+            ys = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
+            if save_params == "log":
+                return (*carry, last), (ys, exp.params_of_state(state))
+            return (*carry, last), ys
 
         shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
         last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
         (state, alive, dstep, final), curves = jax.lax.scan(segment, carry0,
                                                             (starts, lengths, flags))
+        if save_params == "log":
+            curves, saved = curves
+            return curves, final, alive, dstep, saved
+        if save_params == "final":
+            return curves, final, alive, dstep, exp.params_of_state(state)
         return curves, final, alive, dstep
     return run
 
@@ -311,7 +323,8 @@ class ChunkRunner:
         self.mesh = Mesh(np.array(self.devices), ("runs",))
         self.dyn_names = exp.dynamic_names
         run = make_run_fn(exp, self.static, self.log_steps, probes,
-                          diverge_above=sweep.diverge_above, axis_name=RUN_AXIS)
+                          diverge_above=sweep.diverge_above, axis_name=RUN_AXIS,
+                          save_params=sweep.save_params)
         shared = shares_data(exp, group.static)
         self.per_seed = shared
 
@@ -677,9 +690,19 @@ def static_signatures(sweep: Sweep, exp: Experiment) -> list[dict]:
     runs (which costs seconds for a million of them)."""
     names = exp.static_names
     base = {**{p.name: p.default for p in exp.params}, **sweep.fixed}
-    if not any(n in sweep.grid or n in (sweep.zip or {}) for n in names):
-        return [{n: base[n] for n in names}]
-    sigs = {tuple({**base, **pt}[n] for n in names) for pt in sweep.points()}
+
+    def full(hp):  # an optimizer's own defaults for its knobs (jaxdyn.optim)
+        if not sweep.knob_names:
+            return hp
+        from jaxdyn import optim
+
+        return optim.complete(hp, sweep.knob_names, sweep.steps)
+
+    if not any(n in g for g in (sweep.grids or [sweep.grid]) + [sweep.zip or {}]
+               for n in names):
+        b = full(base)
+        return [{n: b[n] for n in names}]
+    sigs = {tuple(full({**base, **pt})[n] for n in names) for pt in sweep.points()}
     return [dict(zip(names, sig)) for sig in sorted(sigs, key=repr)]
 
 
@@ -870,6 +893,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
     store.write_progress(state, process_index)
     runners = list({id(r): r for r, *_ in work}.values())
     summary["compile_s"] = sum(r.compile_s for r in runners)
+    summary["compiled_programs"] = sum(len(r._compiled) for r in runners)
     summary["tune_s"] = sum(r.tune_s for r in runners)
     summary["micro_batch"] = sorted({r.micro or 0 for r in runners})
     summary["wall_s"] = time.perf_counter() - t0
@@ -881,12 +905,16 @@ def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall) -> tuple[in
     """Copy a finished chunk to the host and commit its parts; returns (diverged runs, busy
     seconds)."""
     t0 = time.perf_counter()
-    curves, final, alive, dstep = jax.device_get(out)
+    curves, final, alive, dstep, *saved = jax.device_get(out)
     n = len(chunk)
     alive = np.asarray(alive[:n])
     dstep = np.asarray(dstep[:n])
     curves = {k: np.asarray(v[:n]) for k, v in curves.items()}
     final = {k: np.asarray(v[:n]) for k, v in final.items()}
+    params = None
+    if saved:  # (path, leaf (runs, [log points,] *shape)) in flattening order
+        params = [(jax.tree_util.keystr(p), np.asarray(v[:n]))
+                  for p, v in jax.tree_util.tree_flatten_with_path(saved[0])[0]]
     store.write_chunk(sweep, exp, group, chunk, runner.log_steps, curves, final, alive, dstep,
-                      wall)
+                      wall, params=params)
     return int((~alive).sum()), time.perf_counter() - t0

@@ -230,6 +230,59 @@ class Results:
             df = t.to_pandas()
         return df.sort_values(["run_id", "step"], ignore_index=True)
 
+    def params(self, run_ids: Sequence[str] | str, step: int | None = None,
+               like=None) -> dict:
+        """Saved parameters (``save = { params = "final" | "log" }``) as pytrees.
+
+        Args:
+          run_ids: a run_id or a list of them.
+          step: the logged step to read (``save.params = "log"``); None: the last one saved.
+          like: a pytree of the same structure (e.g. an initial model) to fill; without it,
+            each run's parameters come back as nested dicts keyed like the saved paths
+            (``{"params": {"w": array}}``; sequence indices become int keys).
+
+        Returns:
+          ``{run_id: pytree of numpy arrays}`` (leaf shapes and dtypes as saved).
+        """
+        man = self.manifest
+        layout = man.get("params_layout")
+        if not layout:
+            raise QueryError(f"{self.name}: no parameters were saved; add save = {{ params = "
+                             f"\"final\" }} (or \"log\") to the sweep file")
+        ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
+        runs, _ = committed_parts(self.path)
+        names = {p.name for p in runs}
+        files = sorted(p for p in (self.path / "params").glob(_PART) if p.name in names)
+        if not files or not ids:
+            return {}
+        flt = ds.field("run_id").isin(pa.array(ids, pa.string()))
+        if step is not None:
+            flt = flt & (ds.field("step") == int(step))
+        with _reading(self.path):
+            t = ds.dataset([str(f) for f in files], format="parquet").to_table(filter=flt)
+        df = t.to_pandas()
+        if step is None and len(df):
+            df = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
+        out = {}
+        for _, row in df.iterrows():
+            leaves = []
+            for leaf in layout["groups"][row["group"]]:
+                a = np.asarray(row[leaf["column"]], dtype=leaf["dtype"])
+                leaves.append((leaf["path"], a.reshape(leaf["shape"])))
+            if like is not None:
+                import jax  # only to rebuild the user's own pytree type
+
+                treedef = jax.tree.structure(like)
+                out[row["run_id"]] = jax.tree.unflatten(treedef, [a for _, a in leaves])
+            else:
+                out[row["run_id"]] = _nested(leaves)
+        missing = [r for r in ids if r not in out]
+        if missing:
+            raise QueryError(f"{self.name}: no saved parameters for run_id "
+                             f"{', '.join(missing[:5])}" + (f" at step {step}" if step is not None
+                                                            else ""))
+        return out
+
     def query(self, sql: str) -> pd.DataFrame:
         """A read-only SQL query over this sweep's ``runs`` and ``curves`` views."""
         return _query_folders([self.path], sql)
@@ -237,6 +290,23 @@ class Results:
     def status(self) -> dict:
         """Progress of this sweep (see :func:`sweep_status`)."""
         return sweep_status(self.path)
+
+
+def _nested(leaves: list[tuple[str, np.ndarray]]):
+    """Nested dicts from ``jax.tree_util.keystr`` paths (``['a'][0].b``); a bare leaf for
+    the empty path."""
+    if len(leaves) == 1 and leaves[0][0] == "":
+        return leaves[0][1]
+    root: dict = {}
+    for path, a in leaves:
+        keys = [next(x for x in g if x) for g in re.findall(
+            r"\['([^']*)'\]|\[(\d+)\]|\.(\w+)", path)]
+        keys = [int(k) if k.isdigit() else k for k in keys]
+        node = root
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1] if keys else ""] = a
+    return root
 
 
 def load(name_or_dir: str | Path, root: str | Path | None = None) -> Results:

@@ -33,14 +33,17 @@ import math
 import re
 import tomllib
 from fractions import Fraction
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
-               "zip", "sample", "probes", "description", "chunk_size", "diverge_above")
+               "zip", "sample", "probes", "description", "chunk_size", "diverge_above",
+               "optimizer", "schedule", "save")
+#: ``save = { params = ... }``: which parameter snapshots are written (params/ table)
+SAVE_PARAMS = ("final", "log")
 PRECISIONS = ("float32", "float64")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 #: Grids larger than this are refused unless the user confirms (``--yes``).
@@ -54,7 +57,12 @@ MAX_RUNS = 1_000_000_000
 _INT_RANGE_EXPAND = 1_000_000
 
 
-class SpecError(ValueError):
+class JaxdynError(Exception):
+    """Base of every error jaxdyn reports to a user: ``str(err)`` is the whole message (the
+    CLI prints it and exits with status 2)."""
+
+
+class SpecError(JaxdynError, ValueError):
     """A sweep file is invalid. ``str(err)`` is the one message a user sees."""
 
     def __init__(self, file: str | Path | None, key: str | None, message: str):
@@ -176,6 +184,15 @@ class Sweep:
     #: a run whose state has any |value| ≥ this (or NaN/inf) is frozen as diverged
     diverge_above: float | None = None
     doc: dict = field(default_factory=dict)
+    #: ``[[grid]]`` blocks, each its own cartesian product (``grid`` is the first); the
+    #: union of their points is deduplicated by run_id
+    grids: list = field(default_factory=list)
+    #: names of optimizer/schedule knobs among ``params`` (see jaxdyn.optim)
+    knob_names: tuple = ()
+    #: ``save.params``: None, "final" or "log"
+    save_params: str | None = None
+    #: runs dropped by :meth:`runs` because an earlier grid point had the same run_id
+    duplicates: int = 0
 
     @property
     def hash(self) -> str:
@@ -184,10 +201,13 @@ class Sweep:
                               .encode()).hexdigest()[:16]
 
     # ---- grid expansion ---------------------------------------------------------------
+    def _blocks(self) -> list[dict]:
+        return self.grids or [self.grid]
+
     def n_points(self) -> int:
-        n = math.prod(len(v) for v in self.grid.values())
-        if self.zip:
-            n *= len(next(iter(self.zip.values())))
+        """Grid points before deduplication (after ``[sample]``)."""
+        zn = len(next(iter(self.zip.values()))) if self.zip else 1
+        n = sum(math.prod(len(v) for v in b.values()) for b in self._blocks()) * zn
         if self.sample is not None:
             n = self._sample_count(n)
         return n
@@ -201,26 +221,28 @@ class Sweep:
         return max(1, int(round(self.sample["fraction"] * n)))
 
     def points(self) -> Iterator[dict[str, Any]]:
-        """Grid points in a fixed order: grid axes in file order (first slowest), then zip."""
-        axes = [[(k, v) for v in vals] for k, vals in self.grid.items()]
-        if self.zip:
-            keys = list(self.zip)
-            m = len(self.zip[keys[0]])
-            axes.append([tuple((k, self.zip[k][i]) for k in keys) for i in range(m)])
+        """Grid points in a fixed order: block by block (``[[grid]]``), grid axes in file
+        order (first slowest), then zip."""
+        blocks = []
+        for grid in self._blocks():
+            axes = [[(k, v) for v in vals] for k, vals in grid.items()]
+            if self.zip:
+                keys = list(self.zip)
+                m = len(self.zip[keys[0]])
+                axes.append([tuple((k, self.zip[k][i]) for k in keys) for i in range(m)])
+            blocks.append(axes)
+        sizes = [math.prod(len(a) for a in axes) for axes in blocks]
         if self.sample is None:
-            combos: Iterator[tuple] = itertools.product(*axes)
+            combos: Iterator[tuple] = itertools.chain.from_iterable(
+                itertools.product(*axes) for axes in blocks)
         else:
             # the kept indices into the product (C order, as itertools.product), ascending:
             # the same points in the same order as filtering the product, without walking it
-            total = math.prod(len(a) for a in axes)
+            # (with several blocks: indices into their concatenation)
+            total = sum(sizes)
             rng = np.random.default_rng(int(self.sample.get("seed", 0)))
             keep = np.sort(rng.choice(total, size=self._sample_count(total), replace=False))
-            if axes:
-                idx = np.unravel_index(keep, [len(a) for a in axes])
-                combos = (tuple(a[int(j[n])] for a, j in zip(axes, idx))
-                          for n in range(len(keep)))
-            else:
-                combos = iter([()] * len(keep))
+            combos = self._sampled(blocks, sizes, keep)
         for combo in combos:
             pt = {}
             for item in combo:
@@ -230,14 +252,45 @@ class Sweep:
                     pt[item[0]] = item[1]
             yield pt
 
+    @staticmethod
+    def _sampled(blocks, sizes, keep) -> Iterator[tuple]:
+        offsets = np.cumsum([0] + sizes)
+        for b, axes in enumerate(blocks):
+            mine = keep[(keep >= offsets[b]) & (keep < offsets[b + 1])] - offsets[b]
+            if not len(mine):
+                continue
+            if axes:
+                idx = np.unravel_index(mine, [len(a) for a in axes])
+                yield from (tuple(a[int(j[n])] for a, j in zip(axes, idx))
+                            for n in range(len(mine)))
+            else:
+                yield from iter([()] * len(mine))
+
     def runs(self) -> list[Run]:
+        """Every run, in grid order then seed order; a point whose run_id an earlier point
+        already has (a repeated value, ``100`` and ``100.0``, overlapping ``[[grid]]``
+        blocks) is dropped and counted in :attr:`duplicates`."""
         defaults = {p.name: p.default for p in self.params}
-        out = []
+        out, seen = [], set()
+        dropped = 0
         for pt in self.points():
             hp = {**defaults, **self.fixed, **pt}
-            key = run_key(self.experiment, hp, self.steps, self.precision, self.diverge_above)
+            ident = hp
+            if self.knob_names:
+                from jaxdyn import optim
+
+                hp = optim.complete(hp, self.knob_names, self.steps)
+                # a knob the run's optimizer does not take is not part of its identity
+                ident = {k: v for k, v in hp.items() if not (k in self.knob_names and v is None)}
+            key = run_key(self.experiment, ident, self.steps, self.precision,
+                          self.diverge_above)
+            if key in seen:
+                dropped += len(self.seeds)
+                continue
+            seen.add(key)
             for s in self.seeds:
                 out.append(Run(run_id("", hp, s, 0, "", key=key), s, hp))
+        self.duplicates = dropped
         return out
 
 
@@ -456,9 +509,12 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     try:
         params = tuple(params_of(exp))
     except KeyError as e:
+        if hasattr(e, "message"):  # the registry's own message (user code, did-you-mean)
+            raise SpecError(file, "experiment", e.message) from None
         known = e.args[1] if len(e.args) > 1 else ()
         raise SpecError(file, "experiment", f"unknown experiment {exp!r}; known: "
                                             f"{sorted(known)}{_closest(exp, known)}") from None
+    params, knob_names = _optimizer_params(file, doc, params)
     by_name = {p.name: p for p in params}
     steps = _int(file, "steps", doc["steps"])
     if steps <= 0:
@@ -510,15 +566,29 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
         if k not in by_name:
             raise SpecError(file, f"{section}.{k}",
                             f"unknown hyperparameter for {exp}{_closest(k, by_name)}; "
-                            f"known: {sorted(by_name)}")
+                            f"known: {sorted(by_name)}{_knob_hint(k, doc)}")
         return by_name[k]
 
     fixed = {}
     for k, v in _table(file, doc, "fixed").items():
         fixed[k] = check_name("fixed", k).coerce(v, file, f"fixed.{k}")
-    grid = {}
-    for k, v in _table(file, doc, "grid").items():
-        grid[k] = _axis_values(file, f"grid.{k}", v, check_name("grid", k))
+    grid_v = doc.get("grid", {})
+    if isinstance(grid_v, list):  # [[grid]] blocks: a union of cartesian products
+        if not grid_v:
+            raise SpecError(file, "grid", "no [[grid]] blocks")
+        blocks_v = [(f"grid[{i}]", b) for i, b in enumerate(grid_v)]
+        for key, b in blocks_v:
+            if not isinstance(b, dict):
+                raise SpecError(file, key, f"expected a table, got {b!r}")
+    else:
+        blocks_v = [("grid", _table(file, doc, "grid"))]
+    grids = []
+    for key, b in blocks_v:
+        g = {}
+        for k, v in b.items():
+            g[k] = _axis_values(file, f"{key}.{k}", v, check_name(key, k))
+        grids.append(g)
+    grid = grids[0]
     zipped = {}
     for k, v in _table(file, doc, "zip").items():
         p = check_name("zip", k)
@@ -529,13 +599,16 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
         lengths = {k: len(v) for k, v in zipped.items()}
         if len(set(lengths.values())) > 1:
             raise SpecError(file, "zip", f"zip lists must have equal lengths, got {lengths}")
-    seen: dict[str, str] = {}
-    for section, table in (("fixed", fixed), ("grid", grid), ("zip", zipped)):
-        for k in table:
-            if k in seen:
-                raise SpecError(file, f"{section}.{k}", f"'{k}' is also set in [{seen[k]}]; "
-                                                        "give each hyperparameter once")
-            seen[k] = section
+    for (gkey, _), g in zip(blocks_v, grids):
+        seen: dict[str, str] = {}
+        for section, table in (("fixed", fixed), (gkey, g), ("zip", zipped)):
+            for k in table:
+                if k in seen:
+                    raise SpecError(file, f"{section}.{k}", f"'{k}' is also set in "
+                                    f"[{seen[k]}]; give each hyperparameter once")
+                seen[k] = section
+        if knob_names:
+            _check_knobs(file, gkey, fixed, g, zipped, knob_names)
 
     sample = None
     if "sample" in doc:
@@ -570,31 +643,152 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
             raise SpecError(file, "diverge_above", f"expected a positive number, got "
                                                    f"{diverge_above!r}")
         diverge_above = float(diverge_above)
+    save_params = None
+    if "save" in doc:
+        sv = _table(file, doc, "save")
+        for k in sv:
+            if k != "params":
+                raise SpecError(file, f"save.{k}", f"unknown key; expected 'params'"
+                                                   f"{_closest(k, ['params'])}")
+        save_params = sv.get("params")
+        if save_params not in SAVE_PARAMS:
+            raise SpecError(file, "save.params", f"expected one of {list(SAVE_PARAMS)}, got "
+                                                 f"{save_params!r}")
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise SpecError(file, "description", "expected a string")
 
     # Everything is checked; count the runs before expanding seeds and ranges.
-    _check_run_count(file, n_seeds, list(grid.values()) + list(zipped.values())[:1], sample,
-                     max_runs)
+    _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs)
     if seeds is None:
         if n_seeds > 2**31:
             raise SpecError(file, "seeds", "seeds must be < 2**31")
         seeds = tuple(range(n_seeds))
-    grid = {k: v.values() if isinstance(v, _Range) else v for k, v in grid.items()}
+    grids = [{k: v.values() if isinstance(v, _Range) else v for k, v in g.items()}
+             for g in grids]
+    grid = grids[0]
 
     sweep = Sweep(name=name, experiment=exp, steps=steps, seeds=seeds, log=log,
                   precision=precision, fixed=fixed, grid=grid, zip=zipped, sample=sample,
                   probes=dict(probes), params=params, file=str(file) if file else None,
                   source=source, description=description, chunk_size=chunk_size,
-                  diverge_above=diverge_above)
+                  diverge_above=diverge_above, grids=grids if len(grids) > 1 else [],
+                  knob_names=knob_names, save_params=save_params)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
-                 "log": dict(log_v), "precision": precision, "fixed": fixed, "grid": grid,
+                 "log": dict(log_v), "precision": precision, "fixed": fixed,
+                 "grid": grids if len(grids) > 1 else grid,
                  "zip": zipped, "sample": sample, "probes": sweep.probes,
                  "diverge_above": diverge_above}
+    # keys added after schema 1 enter the hash only when used: older sweeps keep theirs
+    for k, v in (("optimizer", doc.get("optimizer")), ("schedule", doc.get("schedule")),
+                 ("save", doc.get("save"))):
+        if v is not None:
+            sweep.doc[k] = v
     if sweep.n_points() == 0:
         raise SpecError(file, "grid", "the grid is empty")
     return sweep
+
+
+class _Union:
+    """The point count of ``[[grid]]`` blocks (each crossed with ``[zip]``), as one axis for
+    :func:`_check_run_count`."""
+
+    def __init__(self, file, grids, zipped):
+        zn = len(next(iter(zipped.values()))) if zipped else 1
+        self.length = sum(math.prod(len(v) if isinstance(v, list) else v.length
+                                    for v in g.values()) for g in grids) * zn
+        self.exact = all(isinstance(v, list) or v.exact for g in grids for v in g.values())
+
+
+def _names_list(file, key, v) -> list[str]:
+    vals = v if isinstance(v, list) else [v]
+    if not vals or not all(isinstance(x, str) and x for x in vals):
+        raise SpecError(file, key, f"expected a name or a non-empty list of names, got {v!r}")
+    if len(set(vals)) != len(vals):
+        raise SpecError(file, key, f"names must be distinct, got {v!r}")
+    return vals
+
+
+def _knob_hint(k: str, doc: dict) -> str:
+    """Where ``k`` is an optimizer's or schedule's knob that the sweep does not name."""
+    from jaxdyn import optim
+
+    owners = [o for o in optim.COMMON if k in optim.knobs(o)]
+    owners += [s for s, kn in optim.SCHEDULES.items() if k in kn]
+    if not owners:
+        return ""
+    named = doc.get("optimizer", "sgd (the default)")
+    return (f". '{k}' is a knob of {', '.join(owners)}; this sweep's optimizer is {named} "
+            f"(set the top-level 'optimizer' or 'schedule')")
+
+
+def _optimizer_params(file, doc: dict, params: tuple) -> tuple[tuple, tuple]:
+    """The experiment's parameters plus those of the optimizers and schedules the sweep
+    names (top-level ``optimizer``/``schedule``, which become a fixed value or a grid axis in
+    every block); ``(params, knob names)``."""
+    from_top = {}
+    for key in ("optimizer", "schedule"):
+        if key in doc:
+            from_top[key] = _names_list(file, key, doc[key])
+    if not from_top:
+        return params, ()
+    from jaxdyn import optim
+
+    own = {p.name for p in params}
+    for o in from_top.get("optimizer", []):
+        try:
+            optim.knobs(o)
+        except optim.OptimizerError as e:
+            raise SpecError(file, "optimizer", f"{e}{_closest(o, optim.COMMON)}") from None
+    for sc in from_top.get("schedule", []):
+        if sc not in optim.SCHEDULES:
+            raise SpecError(file, "schedule", f"unknown schedule {sc!r}; expected one of "
+                                              f"{sorted(optim.SCHEDULES)}"
+                                              f"{_closest(sc, optim.SCHEDULES)}")
+    try:
+        extra = optim.params_for(from_top.get("optimizer", []), from_top.get("schedule", []))
+    except optim.OptimizerError as e:
+        raise SpecError(file, "schedule", str(e)) from None
+    # The top-level key declares the choices. Where no section sets them itself, it is a
+    # fixed value (one name) or an axis of every [[grid]] block that does not (several);
+    # a block may instead set its own subset (Adam's b1 in one block, SGD's momentum in
+    # another).
+    for key, vals in from_top.items():
+        if any(isinstance(doc.get(t), dict) and key in doc[t] for t in ("fixed", "zip")):
+            continue
+        g = doc.get("grid", {})
+        blocks = g if isinstance(g, list) else [g]
+        if len(vals) == 1 and not any(isinstance(b, dict) and key in b for b in blocks):
+            if isinstance(doc.setdefault("fixed", {}), dict):
+                doc["fixed"] = {**doc["fixed"], key: vals[0]}
+            continue
+        new = [b if not isinstance(b, dict) or key in b else {**b, key: vals} for b in blocks]
+        doc["grid"] = new if isinstance(g, list) else new[0]
+    extra = tuple(replace(p, choices=tuple(from_top[p.name])) if p.name in from_top else p
+                  for p in extra if p.name not in own)
+    knob_names = tuple(p.name for p in extra if p.name not in ("optimizer", "schedule"))
+    return params + extra, knob_names
+
+
+def _check_knobs(file, gkey, fixed, grid, zipped, knob_names) -> None:
+    """Each knob set for a block's runs must be taken by every optimizer (and schedule)
+    those runs use."""
+    from jaxdyn import optim
+
+    def values(k):
+        for t in (grid, zipped):
+            if k in t:
+                return list(dict.fromkeys(t[k]))
+        return [fixed[k]] if k in fixed else []
+
+    opts, scheds = values("optimizer"), values("schedule")
+    for section, table in (("fixed", fixed), (gkey, grid), ("zip", zipped)):
+        for k in table:
+            if k in knob_names:
+                try:
+                    optim.check_knobs(opts, scheds, [k])
+                except optim.OptimizerError as e:
+                    raise SpecError(file, f"{section}.{k}", str(e)) from None
 
 
 def load(path: str | Path, params_of, overrides: Sequence[str] = (),

@@ -30,14 +30,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jaxdyn.spec import JaxdynError
+
 SCHEMA_VERSION = 1
+#: the folder of parameter snapshots (``save = { params = ... }``), beside runs/ and curves/
+PARAMS = "params"
 #: zstd level 1: on mean-model curves (1.65 M rows, 9 columns) it wrote in 0.12 s against
 #: 0.17 s at level 3, with files 2 % larger; the writer shares the CPU with the compute.
 PARQUET_OPTS = dict(compression="zstd", compression_level=1, write_statistics=True)
 CURVES_ROW_GROUP = 1 << 20
 
 
-class StoreError(RuntimeError):
+class StoreError(JaxdynError, RuntimeError):
     """A problem with the output folder; ``str(err)`` is the message for the user."""
 
 
@@ -118,14 +122,24 @@ class SweepStore:
         man_path = self.dir / "manifest.json"
         if man_path.exists():
             old = self.manifest()
-            if old.get("hash") != sweep.hash:
+            src_old = (old.get("experiment_source") or {}).get("sha256")
+            src_new = ((manifest_extra or {}).get("experiment_source") or {}).get("sha256")
+            if old.get("hash") != sweep.hash or src_old != src_new:
                 if not force:
                     self.close()
+                    if old.get("hash") != sweep.hash:
+                        raise StoreError(
+                            f"{self.dir} holds results of a different sweep file (hash "
+                            f"{old.get('hash')}, this one {sweep.hash}). Give the sweep a new "
+                            f"'name', use --out, or pass --force to move the old results "
+                            f"aside and start again.")
+                    file = ((manifest_extra or {}).get("experiment_source") or {}).get("file")
                     raise StoreError(
-                        f"{self.dir} holds results of a different sweep file (hash "
-                        f"{old.get('hash')}, this one {sweep.hash}). Give the sweep a new "
-                        f"'name', use --out, or pass --force to move the old results aside "
-                        f"and start again.")
+                        f"{self.dir} holds results of this sweep made by another version of "
+                        f"its experiment code ({file or 'the experiment'}: sha256 "
+                        f"{str(src_old)[:12]} then, {str(src_new)[:12]} now). Resuming would "
+                        f"mix the two; give the sweep a new 'name', use --out, or pass "
+                        f"--force to move the old results aside and start again.")
                 aside = self.root / f"{self.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 os.replace(self.dir, aside)
                 self.moved_aside = aside
@@ -213,14 +227,16 @@ class SweepStore:
         self.close()
 
     def _cleanup(self) -> None:
-        """Remove what a killed writer left: temporary files, curves parts without runs."""
-        for sub in ("runs", "curves", "."):
+        """Remove what a killed writer left: temporary files, curves (and params) parts
+        without their runs part."""
+        for sub in ("runs", "curves", PARAMS, "."):
             for p in (self.dir / sub).glob(".tmp-*"):
                 p.unlink(missing_ok=True)
         committed = {p.name for p in (self.dir / "runs").glob("part-*.parquet")}
-        for p in (self.dir / "curves").glob("part-*.parquet"):
-            if p.name not in committed:
-                p.unlink()
+        for sub in ("curves", PARAMS):
+            for p in (self.dir / sub).glob("part-*.parquet"):
+                if p.name not in committed:
+                    p.unlink()
 
     # ---- reading ------------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -253,32 +269,75 @@ class SweepStore:
             pass  # progress is informational; a full disk shows up on the next part
 
     def write_chunk(self, sweep, exp, group, chunk, log_steps, curves: dict, final: dict,
-                    alive: np.ndarray, diverged_step: np.ndarray, wall_s: float) -> str:
-        """Write one finished chunk as a runs part and a curves part, atomically."""
+                    alive: np.ndarray, diverged_step: np.ndarray, wall_s: float,
+                    params: list | None = None) -> str:
+        """Write one finished chunk as a runs part, a curves part and (with ``params``, a
+        list of ``(path, leaf array)``) a params part, atomically: the runs part last."""
         runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
                                             alive, diverged_step, wall_s)
         name = (f"part-g{group.index:03d}-p{self.process_index}-{chunk[0].run_id}-"
                 f"{uuid.uuid4().hex[:6]}.parquet")
         runs_final = self.dir / "runs" / name
-        curves_final = self.dir / "curves" / name
+        others = [(curves_tbl, self.dir / "curves" / name)]
+        if params is not None:
+            (self.dir / PARAMS).mkdir(exist_ok=True)
+            others.append((params_table(sweep, group, chunk, log_steps, params),
+                           self.dir / PARAMS / name))
         tmps: list[Path] = []
         try:
-            tmps.append(_write_parquet_tmp(curves_tbl, curves_final,
-                                           row_group_size=CURVES_ROW_GROUP))
+            for tbl, final_path in others:
+                tmps.append(_write_parquet_tmp(tbl, final_path,
+                                               row_group_size=CURVES_ROW_GROUP))
             tmps.append(_write_parquet_tmp(runs_tbl, runs_final))
-            os.replace(tmps[0], curves_final)
-            _fsync_dir(curves_final.parent)
-            os.replace(tmps[1], runs_final)  # the commit point of this chunk
+            for tmp, (_, final_path) in zip(tmps, others):
+                os.replace(tmp, final_path)
+                _fsync_dir(final_path.parent)
+            os.replace(tmps[-1], runs_final)  # the commit point of this chunk
             _fsync_dir(runs_final.parent)
         except OSError as e:
             for t in tmps:
                 t.unlink(missing_ok=True)
             if not runs_final.exists():
-                curves_final.unlink(missing_ok=True)
+                for _, final_path in others:
+                    final_path.unlink(missing_ok=True)
             hint = " (disk full)" if e.errno == errno.ENOSPC else ""
             raise StoreError(f"writing a part to {self.dir} failed{hint}: {e.strerror}; "
                              f"completed parts are intact, re-run to resume") from None
         return name
+
+
+def param_column(path: str) -> str:
+    """The params-table column of a pytree leaf path (``jax.tree_util.keystr``):
+    ``['params']['w'][0]`` -> ``params.w.0``, ``.layers[1].weight`` -> ``layers.1.weight``."""
+    import re
+
+    bits = re.findall(r"\['([^']*)'\]|\[\"([^\"]*)\"\]|\[(\d+)\]|\.(\w+)", path)
+    return ".".join(next(b for b in g if b) for g in bits) or "params"
+
+
+def params_table(sweep, group, chunk, log_steps, params: list) -> pa.Table:
+    """One row per run (``save.params = "final"``: at the last step) or per (run, logged
+    step) (``"log"``); a list column per leaf, its values flattened in C order (shapes in
+    the manifest's ``params_layout``)."""
+    order = np.argsort([r.run_id for r in chunk], kind="stable")
+    ids = [chunk[i].run_id for i in order]
+    n = len(ids)
+    per_log = sweep.save_params == "log"
+    steps = np.asarray(log_steps, np.int64) if per_log else np.asarray([sweep.steps])
+    k = len(steps)
+    cols: dict[str, Any] = {
+        "run_id": pa.array(np.repeat(ids, k).tolist(), pa.string()),
+        "group": pa.array([group.label] * (n * k), pa.string()),
+        "step": pa.array(np.tile(steps, n)),
+    }
+    for path, leaf in params:
+        v = np.asarray(leaf)[order]
+        flat = v.reshape(n * k, -1)
+        width = flat.shape[1]
+        cols[param_column(path)] = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * k * width + 1, width, dtype=np.int32)),
+            pa.array(flat.reshape(-1)))
+    return pa.table(cols)
 
 
 def _hp_column(param, values: list) -> pa.Array:

@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # test_micro_batch.py then compared 48-run shares, whose batched products round the
 # bottleneck's train_loss differently in the last bit, instead of 24-run ones.)
 jax.config.update("jax_num_cpu_devices", 2)
+# Tests that call the engine's or a family's functions directly compare float64 results
+# against NumPy: they need x64, which jaxdyn.run turns on only while it runs (importing
+# jaxdyn changes no JAX setting; test_api checks that in a fresh process).
+jax.config.update("jax_enable_x64", True)
 
 
 @pytest.fixture

@@ -18,21 +18,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import jax
-
 from jaxdyn.spec import Param
 
-# Float64 sweeps need x64. Float32 sweeps stay float32 because every experiment creates its
-# arrays with static["dtype"] and the engine casts hyperparameters to it.
-jax.config.update("jax_enable_x64", True)
+# No JAX here: ``import jaxdyn`` (and so this module) changes no global JAX setting. Float64
+# sweeps get x64 from the engine, only while they trace and run (jaxdyn.run).
 
 
 @dataclass(frozen=True)
 class Metric:
+    """A value ``measure`` returns at every logged step.
+
+    Args:
+      name: its key in ``measure``'s dict; the curves column ``name`` and the runs column
+        ``final_<name>`` (scalar metrics only).
+      doc: one line for ``jaxdyn list``.
+      shape: ``()`` for a scalar; ``(k,)`` (or any fixed shape) for an array metric, stored as
+        a fixed-size list column of the curves table.
+
+    The engine checks before compiling that ``measure`` returns exactly the declared names
+    with these shapes.
+    """
+
     name: str
     doc: str = ""
-    shape: tuple[int, ...] = ()  # () scalar; (k,) an array metric stored as a list column
-
+    shape: tuple[int, ...] = ()
 
 @dataclass(frozen=True)
 class Probe:
@@ -54,6 +63,55 @@ class Probe:
 
 @dataclass(frozen=True)
 class Experiment:
+    """One training run as pure functions of pytrees, and the declaration of its knobs.
+
+    Fields:
+      name: how sweep files name it (``experiment = "family.name"`` for a registered one; a
+        user file's experiment is named by ``"path/file.py:VARIABLE"`` instead).
+      doc: one paragraph for ``jaxdyn list``; the math of the model belongs here.
+      params: the hyperparameters (:class:`jaxdyn.Param`). Static ones (shapes, variants)
+        split the sweep into compiled groups; dynamic ones are traced scalars, vmapped.
+      metrics: what ``measure`` returns (:class:`jaxdyn.Metric`), checked before compiling.
+      init: ``init(key, static, hp, data) -> state``, the initial state (parameters,
+        optimizer state, anything carried from step to step).
+      step: ``step(state, key, static, hp, data) -> state``, one optimizer step. ``key`` is
+        this step's own key (from the run's seed and the step number).
+      measure: ``measure(state, static, hp, data) -> {metric: array}`` at logged steps.
+      make_data: optional ``make_data(key, static) -> data``, built once per chunk from the
+        seed's data key and shared (not copied) by every run of that seed in the chunk.
+      loss: optional ``loss(params, static, hp, data) -> scalar``, the training loss of the
+        parameters alone; with ``params_of_state`` it enables the generic probes (sharpness).
+      params_of_state: optional ``params_of_state(state) -> params``, the pytree that ``loss``
+        differentiates and that ``save = { params = ... }`` writes.
+      probes: probes specific to this experiment (:class:`jaxdyn.Probe`).
+      check: optional ``check(static, hp) -> None``, called with plain Python values for
+        every distinct grid point before anything is compiled; raise ``ValueError("...")``
+        to refuse a value (the message is shown with the sweep file, exit status 2).
+      extra: reserved for the built-in families.
+
+    ``static`` is a dict of the static hyperparameters plus ``dtype`` (the sweep's precision)
+    and ``steps``; ``hp`` a dict of the dynamic ones as traced scalars of ``dtype``.
+
+    Example (a user file, run with ``experiment = "mine.py:QUADRATIC"``)::
+
+        import jax, jax.numpy as jnp, jaxdyn
+
+        def init(key, static, hp, data):
+            w = jax.random.normal(key, (static["d"],), static["dtype"])
+            return {"w": w, "opt": jaxdyn.optimizer(static, hp).init(w)}
+
+        def step(state, key, static, hp, data):
+            g = jax.grad(lambda w: 0.5 * jnp.sum(w ** 2))(state["w"])
+            u, opt = jaxdyn.optimizer(static, hp).update(g, state["opt"], state["w"])
+            return {"w": state["w"] + u, "opt": opt}
+
+        QUADRATIC = jaxdyn.Experiment(
+            name="quadratic", doc="GD on |w|^2/2",
+            params=(jaxdyn.Param("d", 10, int, static=True), jaxdyn.Param("lr", 0.1, float)),
+            metrics=(jaxdyn.Metric("loss"),), init=init, step=step,
+            measure=lambda s, static, hp, data: {"loss": 0.5 * jnp.sum(s["w"] ** 2)})
+    """
+
     name: str
     doc: str
     params: tuple[Param, ...]
@@ -62,12 +120,11 @@ class Experiment:
     step: Callable[..., Any]
     measure: Callable[..., dict]
     make_data: Callable[..., Any] | None = None
-    #: loss(params, static, hp, data) -> scalar and params(state) -> pytree, for probes
     loss: Callable[..., Any] | None = None
     params_of_state: Callable[[Any], Any] | None = None
-    #: probes specific to this experiment (generic ones, like sharpness, live in probes.py)
     probes: tuple[Probe, ...] = ()
     extra: dict = field(default_factory=dict)
+    check: Callable[[dict, dict], None] | None = None
 
     @property
     def static_names(self) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdyn.experiments.base import Experiment, Metric, Probe
+from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
 
 INITS = ("lecun", "cos", "w_star")
@@ -172,7 +173,7 @@ def init(key, static, hp, data):
     ikey = jax.random.fold_in(key, hp["replicate"].astype(jnp.uint32))
     params = init_params(ikey, static, hp, data)
     train = {n: params[n] for n in _trainable(static["control"])}
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(train),
+    return {"params": params, "opt": optimizer(static, hp).init(train),
             "t": jnp.zeros((), jnp.int32), "key0": key}
 
 
@@ -231,7 +232,7 @@ def step(state, key, static, hp, data):
     names = _trainable(control)
     train = {n: params[n] for n in names}
     grads = {n: grads[n] for n in names}
-    opt = optax.sgd(hp["lr"])  # built from the traced lr: an lr sweep never recompiles
+    opt = optimizer(static, hp)  # the sweep's optimizer (default sgd(lr)), traced
     updates, opt_state = opt.update(grads, state["opt"], train)
     new = optax.apply_updates(train, updates)
     return {"params": {**params, **new}, "opt": opt_state, "t": t + 1, "key0": state["key0"]}

@@ -42,6 +42,7 @@ import optax
 from jax.custom_batching import custom_vmap
 
 from jaxdyn.experiments.base import Experiment, Metric
+from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
 
 LOSSES = ("nll", "prob", "logistic")
@@ -366,7 +367,7 @@ def _init(key, static, hp, data):
     params = {"w0": th[0], "w1": th[1]}   # one scalar leaf each: contiguous (runs,) arrays
     if static["bias"]:
         params["b"] = jnp.zeros((), dt)
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params),
+    return {"params": params, "opt": optimizer(static, hp).init(params),
             "k": jnp.zeros((), jnp.int32)}
 
 
@@ -379,7 +380,7 @@ def _step(state, key, static, hp, data):
     rows = data["train"][idx]                                   # (B, 4), shared by the chunk
     wts = jax.lax.dynamic_slice(data["wts"], (j * B,), (B,))
     grads = batch_grad(state["params"], hp, rows, wts, data["u"], static)
-    opt = optax.sgd(hp["lr"])   # from the traced lr: an lr sweep never recompiles
+    opt = optimizer(static, hp)  # the sweep's optimizer (default sgd(lr)), traced
     updates, opt_state = opt.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state,
             "k": state["k"] + 1}

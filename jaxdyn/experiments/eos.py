@@ -27,6 +27,7 @@ import optax
 from jax.scipy.special import ndtr
 
 from jaxdyn.experiments.base import Experiment, Metric
+from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
 
 _INV_SQRT_2PI = 0.3989422804014327
@@ -110,11 +111,11 @@ def _mm_init(key, static, hp, data):
         "a_plus": hp["init_scale"] * jax.random.normal(k2, (), dt),
         "b": hp["b0"] * jnp.ones((), dt),
     }
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+    return {"params": params, "opt": optimizer(static, hp).init(params)}
 
 
 def _mm_step(state, key, static, hp, data):
-    opt = optax.sgd(hp["lr"])  # built from the traced lr: an lr sweep never recompiles
+    opt = optimizer(static, hp)  # the sweep's optimizer (default sgd(lr)), traced
     grads = mean_model_grad(state["params"], hp["d"])
     updates, opt_state = opt.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
@@ -206,11 +207,11 @@ def _sn_init(key, static, hp, data):
     k1, k2 = jax.random.split(key)
     params = {"x": hp["x0"] + hp["perturb"] * jax.random.normal(k1, (), dt),
               "y": hp["y0"] + hp["perturb"] * jax.random.normal(k2, (), dt)}
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+    return {"params": params, "opt": optimizer(static, hp).init(params)}
 
 
 def _sn_step(state, key, static, hp, data):
-    opt = optax.sgd(hp["lr"])
+    opt = optimizer(static, hp)
     grads = jax.grad(single_neuron_loss)(state["params"], static["link"])
     updates, opt_state = opt.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
@@ -315,11 +316,11 @@ def _tr_init(key, static, hp, data):
     params = {"a_minus": hp["init_scale"] * jax.random.normal(k1, (), dt),
               "a_plus": hp["init_scale"] * jax.random.normal(k2, (), dt),
               "b": hp["b0"] * jnp.ones((), dt)}
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+    return {"params": params, "opt": optimizer(static, hp).init(params)}
 
 
 def _tr_step(state, key, static, hp, data):
-    opt = optax.sgd(hp["lr"])
+    opt = optimizer(static, hp)
     if static["batch"] > 0:  # SGD: a minibatch drawn with replacement from the step key
         idx = jax.random.randint(key, (static["batch"],), 0, static["n_train"])
         grads = jax.grad(threshold_relu_loss)(state["params"], static, hp, data, idx)

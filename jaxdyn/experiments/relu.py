@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdyn.experiments.base import Experiment, Metric
+from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
 
 _PI = math.pi
@@ -222,11 +223,11 @@ def _init(key, static, hp, data):
     # w_i(0) ~ N(0, σ0² I/d)
     w = hp["init_scale"] / jnp.sqrt(jnp.asarray(d, dt)) * jax.random.normal(key, (n, d), dt)
     params = {"w": w}
-    return {"params": params, "opt": optax.sgd(hp["lr"]).init(params)}
+    return {"params": params, "opt": optimizer(static, hp).init(params)}
 
 
 def _step(state, key, static, hp, data):
-    opt = optax.sgd(hp["lr"])  # from the traced lr: an lr sweep never recompiles
+    opt = optimizer(static, hp)  # the sweep's optimizer (default sgd(lr)), traced
     _, g = _loss_and_grad(state["params"]["w"], static, data)
     updates, opt_state = opt.update({"w": g}, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}
