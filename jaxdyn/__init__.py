@@ -28,7 +28,7 @@ def __getattr__(name):  # lazily: these import optax/JAX
 
         return optimizer
     if name == "supervised":
-        from jaxdyn.supervised import supervised
+        from jaxdyn._supervised import supervised
 
         return supervised
     raise AttributeError(f"module 'jaxdyn' has no attribute {name!r}")

@@ -27,6 +27,11 @@ def cmd_run(args) -> int:
     from jaxdyn.launch import run
     from jaxdyn.spec import JaxdynError
 
+    if args.chunk_size is not None and args.chunk_size <= 0:
+        return _err(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
+    if args.micro_batch is not None and args.micro_batch < 0:
+        return _err(f"--micro-batch: expected an integer >= 0 (0 = all of a device's runs "
+                    f"at once), got {args.micro_batch}")
     try:
         s = run(args.file, out=args.out, overrides=args.set or [], chunk_size=args.chunk_size,
                 micro_batch=args.micro_batch, force=args.force, quiet=args.quiet,
@@ -72,6 +77,11 @@ def cmd_list(args) -> int:
                 shown.append((ref, experiments.get(ref, Path.cwd())))
     except KeyError as e:
         return _err(str(e))
+    if not args.refs:
+        print("Your own experiments: experiment = \"path/to/file.py:NAME\" in a sweep file "
+              "(jaxdyn list FILE.py shows a file's) or \"package.module:NAME\". Any sweep may "
+              "name an optax optimizer (optimizer = \"adamw\") and a schedule; their "
+              "arguments are hyperparameters.\n")
     for name, exp in shown:
         print(f"{name}\n    {exp.doc}")
         print("    hyperparameters:")
@@ -85,9 +95,6 @@ def cmd_list(args) -> int:
             shape = f" {m.shape}" if m.shape else ""
             print(f"      {m.name:<14}{shape} {m.doc}")
         print()
-    if not args.refs:
-        print("Your own experiments: experiment = \"path/to/file.py:NAME\" in a sweep file "
-              "(jaxdyn list FILE.py shows a file's), or \"package.module:NAME\".")
     return 0
 
 

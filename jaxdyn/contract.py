@@ -24,11 +24,6 @@ import jax.numpy as jnp
 
 from jaxdyn.spec import JaxdynError
 
-_TRACER_ERRORS = tuple(getattr(jax.errors, n) for n in (
-    "ConcretizationTypeError", "TracerIntegerConversionError", "TracerBoolConversionError",
-    "TracerArrayConversionError", "NonConcreteBooleanIndexError") if hasattr(jax.errors, n))
-
-
 class ExperimentError(JaxdynError):
     """The experiment's code broke its contract; ``str(err)`` is the message for the user."""
 
@@ -66,20 +61,33 @@ class _Checker:
     def fail(self, what: str) -> ExperimentError:
         return ExperimentError(f"experiment {self.exp.name!r} ({self.label}): {what}")
 
-    def call(self, name: str, fn, *args, concrete: dict | None = None):
+    def call(self, name: str, fn, *args, user=None, concrete: dict | None = None):
         """``jax.eval_shape`` of ``fn(hp, *args)`` with ``hp`` abstract (but for the
-        ``concrete`` values); errors become ExperimentError."""
+        ``concrete`` values); errors in ``user`` (the user's function that ``fn`` calls)
+        become ExperimentError."""
         def wrapped(hp_abstract, *rest):
             return fn({**hp_abstract, **(concrete or {})}, *rest)
 
         try:
             return jax.eval_shape(wrapped, {k: v for k, v in self.hp.items()
                                             if k not in (concrete or {})}, *args)
-        except _TRACER_ERRORS as e:
+        except ExperimentError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any bug in user code is one message
             if concrete is not None:
                 raise
+            where = _located(e, user)
+            key = e.args[0] if isinstance(e, KeyError) and e.args else None
+            if key is not None and key in self.dyn_names:
+                raise self.fail(
+                    f"{name} reads {key!r} from static at {where}, but {key!r} is a dynamic "
+                    f"hyperparameter (in hp, traced). Declare it Param({key!r}, ..., "
+                    f"static=True) to use it as a shape or in Python control flow, or read "
+                    f"hp[{key!r}]") from None
+            if key is not None and key in self.static:
+                raise self.fail(f"{name} reads {key!r} from hp at {where}, but {key!r} is "
+                                f"static: read static[{key!r}]") from None
             culprits = self._culprits(name, fn, args)
-            where = _located(e, fn)
             if culprits:
                 names = ", ".join(repr(c) for c in culprits)
                 raise self.fail(
@@ -88,28 +96,11 @@ class _Checker:
                     f"Declare it Param({culprits[0]!r}, ..., static=True) (each value then "
                     f"compiles its own group) and read it from static[{culprits[0]!r}], or "
                     f"use jnp/lax operations on it") from None
+            if key is not None:
+                raise self.fail(f"{name} raised KeyError({key!r}) at {where}; the "
+                                f"hyperparameters are static {sorted(self.static)}, dynamic "
+                                f"{sorted(self.dyn_names)}") from None
             raise self.fail(f"{name} raised {type(e).__name__} at {where}: "
-                            f"{_first_line(e)}") from None
-        except KeyError as e:
-            key = e.args[0] if e.args else None
-            where = _located(e, fn)
-            if key in self.dyn_names:
-                raise self.fail(
-                    f"{name} reads {key!r} from static at {where}, but {key!r} is a dynamic "
-                    f"hyperparameter (in hp, traced). Declare it Param({key!r}, ..., "
-                    f"static=True) to use it as a shape or in Python control flow, or read "
-                    f"hp[{key!r}]") from None
-            if key in self.static:
-                raise self.fail(
-                    f"{name} reads {key!r} from hp at {where}, but {key!r} is static: read "
-                    f"static[{key!r}]") from None
-            raise self.fail(f"{name} raised KeyError({key!r}) at {where}; the hyperparameters "
-                            f"are static {sorted(k for k in self.static)}, dynamic "
-                            f"{sorted(self.dyn_names)}") from None
-        except ExperimentError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any bug in user code is one message
-            raise self.fail(f"{name} raised {type(e).__name__} at {_located(e, fn)}: "
                             f"{_first_line(e)}") from None
 
     def _culprits(self, name, fn, args) -> list[str]:
@@ -135,15 +126,19 @@ def check_group(exp, static: dict, label: str) -> None:
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     data = None
     if exp.make_data is not None:
-        data = c.call("make_data", lambda hp, k: exp.make_data(k, static), key)
-    state = c.call("init", lambda hp, k, d: exp.init(k, static, hp, d), key, data)
-    new = c.call("step", lambda hp, s, k, d: exp.step(s, k, static, hp, d), state, key, data)
+        data = c.call("make_data", lambda hp, k: exp.make_data(k, static), key,
+                      user=exp.make_data)
+    state = c.call("init", lambda hp, k, d: exp.init(k, static, hp, d), key, data,
+                   user=exp.init)
+    new = c.call("step", lambda hp, s, k, d: exp.step(s, k, static, hp, d), state, key, data,
+                 user=exp.step)
     a, b = _describe(state), _describe(new)
     if jax.tree.structure(state) != jax.tree.structure(new) or a != b:
         diff = sorted(set(a.items()) ^ set(b.items()))[:4]
         raise c.fail(f"step must return a state like init's (same keys, shapes and dtypes); "
                      f"they differ at {diff} (defined at {_where(exp.step)})")
-    m = c.call("measure", lambda hp, s, d: exp.measure(s, static, hp, d), state, data)
+    m = c.call("measure", lambda hp, s, d: exp.measure(s, static, hp, d), state, data,
+               user=exp.measure)
     if not isinstance(m, dict):
         raise c.fail(f"measure must return a dict of metrics, got {type(m).__name__} "
                      f"(defined at {_where(exp.measure)})")

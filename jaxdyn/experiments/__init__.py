@@ -198,7 +198,8 @@ def _load_reference(ref: str, base) -> tuple[Experiment, Source]:
         import difflib
 
         found = [n for n, v in vars(module).items() if isinstance(v, Experiment)]
-        m = difflib.get_close_matches(attr, found, n=1, cutoff=0.5)
+        m = difflib.get_close_matches(attr, found, n=1, cutoff=0.5) or \
+            [f for f in found if attr.lower() in f.lower()] or (found if len(found) == 1 else [])
         hint = f" (did you mean '{m[0]}'?)" if m else ""
         raise ExperimentLoadError(f"experiment {ref!r}: {source.file or target} has no "
                                   f"{attr!r}{hint}; its experiments: {found}", names())
