@@ -83,7 +83,9 @@ def supervised(name: str, *, init: Callable, loss: Callable, data, val_data=None
         with a leading sample axis, like ``data``).
       data: the training set, a pytree of arrays with a common leading axis of ``n`` samples;
         or ``data(key, static) -> pytree``, built once per chunk from the seed's data key.
-      val_data: the validation set, in the same form (optional).
+      val_data: the validation set, in the same form (optional). As a function it gets
+        the same key as ``data``, so both can draw one teacher; draw the validation inputs
+        from another ``fold_in`` of it.
       params: your hyperparameters; ``lr`` (float, default ``lr``) and ``batch_size``
         (static int, default ``batch_size``) are added unless you declare them.
       batch_size: the default minibatch size.
@@ -134,7 +136,7 @@ def supervised(name: str, *, init: Callable, loss: Callable, data, val_data=None
         dt = static["dtype"]
         out = {"train": cast(data(key, static), dt)}
         if val_data is not None:
-            out["val"] = cast(val_data(jax.random.fold_in(key, 1), static), dt)
+            out["val"] = cast(val_data(key, static), dt)
         return out
 
     def cfg(static, hp):

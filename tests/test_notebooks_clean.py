@@ -6,7 +6,7 @@ import pytest
 
 from notebook_runner import NOTEBOOKS
 
-NBS = sorted(NOTEBOOKS.glob("*.ipynb"))
+NBS = sorted(NOTEBOOKS.glob("*.ipynb")) + sorted((NOTEBOOKS.parent / "examples").rglob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NBS, ids=[p.name for p in NBS])
