@@ -162,18 +162,13 @@ def check_values(exp, sweep) -> None:
     if exp.check is None:
         return
     static_names = set(exp.static_names)
-    seen = set()
-    for r in sweep.runs():
-        key = tuple(sorted((k, repr(v)) for k, v in r.hp.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        st = {k: v for k, v in r.hp.items() if k in static_names}
-        hp = {k: v for k, v in r.hp.items() if k not in static_names}
+    for _, hp_all in sweep.point_hps():
+        st = {k: v for k, v in hp_all.items() if k in static_names}
+        hp = {k: v for k, v in hp_all.items() if k not in static_names}
         try:
             exp.check({**st, "steps": sweep.steps}, hp)
         except (ValueError, TypeError) as e:
-            point = ", ".join(f"{k}={v!r}" for k, v in r.hp.items()
+            point = ", ".join(f"{k}={v!r}" for k, v in hp_all.items()
                               if k in {**sweep.fixed, **_axes(sweep)})
             raise JaxdynError(f"{sweep.file or '<sweep>'}: {e} (at {point or 'the defaults'})"
                               ) from None

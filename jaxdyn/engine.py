@@ -689,20 +689,11 @@ def static_signatures(sweep: Sweep, exp: Experiment) -> list[dict]:
     """The distinct static hyperparameter values of the sweep's groups, without planning its
     runs (which costs seconds for a million of them)."""
     names = exp.static_names
-    base = {**{p.name: p.default for p in exp.params}, **sweep.fixed}
-
-    def full(hp):  # an optimizer's own defaults for its knobs (jaxdyn.optim)
-        if not sweep.knob_names:
-            return hp
-        from jaxdyn import optim
-
-        return optim.complete(hp, sweep.knob_names, sweep.steps)
-
     if not any(n in g for g in (sweep.grids or [sweep.grid]) + [sweep.zip or {}]
                for n in names):
-        b = full(base)
-        return [{n: b[n] for n in names}]
-    sigs = {tuple(full({**base, **pt})[n] for n in names) for pt in sweep.points()}
+        _, hp = next(sweep.point_hps())
+        return [{n: hp[n] for n in names}]
+    sigs = {tuple(hp[n] for n in names) for _, hp in sweep.point_hps()}
     return [dict(zip(names, sig)) for sig in sorted(sigs, key=repr)]
 
 

@@ -270,9 +270,24 @@ class Sweep:
         """Every run, in grid order then seed order; a point whose run_id an earlier point
         already has (a repeated value, ``100`` and ``100.0``, overlapping ``[[grid]]``
         blocks) is dropped and counted in :attr:`duplicates`."""
-        defaults = {p.name: p.default for p in self.params}
-        out, seen = [], set()
+        out = []
         dropped = 0
+        for key, hp in self.point_hps(with_duplicates=True):
+            if key is None:
+                dropped += len(self.seeds)
+                continue
+            for s in self.seeds:
+                out.append(Run(run_id("", hp, s, 0, "", key=key), s, hp))
+        self.duplicates = dropped
+        return out
+
+    def point_hps(self, with_duplicates: bool = False) -> Iterator[tuple[str | None, dict]]:
+        """``(run_key, hyperparameters)`` of every distinct grid point, in grid order: the
+        defaults, ``[fixed]`` and the point, with each optimizer knob completed
+        (:func:`jaxdyn.optim.complete`). A point whose key an earlier one has is skipped, or
+        yielded with key None if ``with_duplicates``."""
+        defaults = {p.name: p.default for p in self.params}
+        seen = set()
         for pt in self.points():
             hp = {**defaults, **self.fixed, **pt}
             ident = hp
@@ -285,13 +300,11 @@ class Sweep:
             key = run_key(self.experiment, ident, self.steps, self.precision,
                           self.diverge_above)
             if key in seen:
-                dropped += len(self.seeds)
+                if with_duplicates:
+                    yield None, hp
                 continue
             seen.add(key)
-            for s in self.seeds:
-                out.append(Run(run_id("", hp, s, 0, "", key=key), s, hp))
-        self.duplicates = dropped
-        return out
+            yield key, hp
 
 
 def run_key(experiment: str, hp: Mapping[str, Any], steps: int, precision: str,

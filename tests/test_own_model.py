@@ -381,3 +381,28 @@ def test_import_changes_no_jax_setting(tmp_path):
                             "JAXDYN_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_notice_when_jax_started_first(tmp_path):
+    """In a notebook whose JAX already runs on one CPU device, jaxdyn.run says once why it
+    cannot use one device per core, and runs anyway."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        jnp.zeros(3).block_until_ready()          # the notebook's own JAX work first
+        import jaxdyn
+        for i in range(2):
+            jaxdyn.run({{"name": f"n{{i}}", "experiment": "eos.mean_model", "steps": 10,
+                         "log": {{"every": 5}}}}, out={str(tmp_path)!r}, quiet=True)
+        print(len(jax.devices()))
+    """)
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("XLA_FLAGS", "JAXDYN_CPU_DEVICES")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**env, "JAXDYN_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    if (__import__("os").cpu_count() or 1) > 1:
+        assert r.stderr.count("JAX was already started with 1 CPU device") == 1, r.stderr
