@@ -4,7 +4,7 @@
 float32, log every ``--log-every`` steps; ``--runs`` runs (1,024 by default: one data seed x
 1,024 initialisation replicates, so the runs share one data set). Measured in one process:
 
-1. the engine end to end: ``jaxdyn.cli.main(["run", ...])`` on a generated sweep file, with a
+1. the engine end to end: ``jaxdyn.run(...)`` on a generated sweep file, with a
    fresh empty compilation cache (compile and Parquet writing counted), once with the
    engine's automatic chunk size and once per ``--chunk-sizes`` value;
 2. a per-run jitted loop: the same run function (``engine.make_run_fn``) jitted for ONE run
@@ -26,9 +26,7 @@ Steps are reduced with ``--steps`` (default 2,000) and run-steps/s extrapolated 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import platform
@@ -95,7 +93,7 @@ replicate = {{ start = 0, stop = {replicates - 1}, num = {replicates} }}
 
 def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str,
                  micro: int | None = None) -> dict:
-    from jaxdyn import cli
+    import jaxdyn
 
     reps = max(1, args.runs // seeds)
     f = tmp / f"{tag}.toml"
@@ -103,22 +101,13 @@ def bench_engine(args, tmp: Path, seeds: int, chunk: int | None, tag: str,
     cache = tmp / f"cache_{tag}"
     cache.mkdir()
     os.environ["JAXDYN_CACHE_DIR"] = str(cache)
-    argv = ["run", str(f), "--out", str(tmp / "results"), "--quiet"]
-    if chunk:
-        argv += ["--chunk-size", str(chunk)]
-    if micro is not None:
-        argv += ["--micro-batch", str(micro)]
-    buf = io.StringIO()
     t = time.perf_counter()
-    with contextlib.redirect_stdout(buf):
-        code = cli.main(argv)
+    summary = jaxdyn.run(f, out=tmp / "results", quiet=True, chunk_size=chunk or None,
+                         micro_batch=micro)
     wall = time.perf_counter() - t
-    assert code == 0, buf.getvalue()
-    out = buf.getvalue()
-    compile_s = float(out.split("compile ")[1].split("s")[0]) if "compile " in out else 0.0
-    tune_s = float(out.split("measured in ")[1].split("s")[0]) if "measured in " in out else 0.0
-    micro_used = out.split("micro-batch ")[1].split()[0].rstrip(",)") \
-        if "micro-batch " in out else "whole"
+    st = summary.stats
+    compile_s, tune_s = summary.compile_s, st.get("tune_s", 0.0)
+    micro_used = "/".join(str(m) if m else "whole" for m in st["micro_batch"]) or "whole"
     runs = seeds * reps
     return {"case": tag, "seeds": seeds, "runs": runs, "chunk": chunk or "auto",
             "micro": micro_used, "wall_s": wall, "compile_s": compile_s, "tune_s": tune_s,
@@ -363,6 +352,9 @@ def main(argv=None) -> int:
     engine.use_cpu_cores()  # as `jaxdyn run` does: one CPU device per core
     import jax
 
+    # the baselines run the engine's own run function: in x64 mode, as jaxdyn.run runs it
+    # (and as every baseline ran when importing jaxdyn still switched x64 on globally)
+    jax.config.update("jax_enable_x64", True)
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
                "platform": platform.platform(), "args": vars(args)}

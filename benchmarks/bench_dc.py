@@ -1,6 +1,6 @@
 """Differential-capability family benchmark (issue 4), all in one process.
 
-1. The engine end to end — ``jaxdyn.cli.main(["run", ...])``, cold compile (a fresh
+1. The engine end to end — ``jaxdyn.run(...)``, cold compile (a fresh
    ``JAXDYN_CACHE_DIR``) and Parquet writing included — on a seeded random sample of
    ``sweeps/dc_paper.toml``: the same grid, seeds, steps and settings with a smaller sample
    fraction (default 0.0025 = 10 % of the paper sweep's 359,370 runs: 35,940 runs × 16,500
@@ -20,12 +20,9 @@ the host load average is recorded before and after.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -38,7 +35,8 @@ PAPER_CHUNK = 11_979
 
 
 def engine_run(fraction: float, steps: int, out: Path) -> dict:
-    from jaxdyn import cli, experiments, spec
+    import jaxdyn
+    from jaxdyn import experiments, spec
 
     overrides = [f"sample.fraction={fraction}", f"steps={steps}", "name=dc_bench"]
     if steps != 16500:
@@ -47,24 +45,15 @@ def engine_run(fraction: float, steps: int, out: Path) -> dict:
     per_seed = sw.n_points()
     # the paper's chunking: chunks of at most PAPER_CHUNK runs, balanced within each seed
     chunk = math.ceil(per_seed / math.ceil(per_seed / PAPER_CHUNK))
-    args = ["run", str(PAPER), "--out", str(out), "--chunk-size", str(chunk)]
-    for o in overrides:
-        args += ["--set", o]
-    buf = io.StringIO()
     t = time.perf_counter()
-    with contextlib.redirect_stdout(buf):
-        code = cli.main(args)
+    try:
+        s = jaxdyn.run(PAPER, out=out, overrides=overrides, chunk_size=chunk)
+    except jaxdyn.JaxdynError as err:
+        raise SystemExit(f"jaxdyn.run failed: {err}") from None
     wall = time.perf_counter() - t
-    text = buf.getvalue()
-    if code != 0:
-        raise SystemExit(f"jaxdyn run failed ({code}):\n{text}")
-    m = re.search(r"compile ([0-9.]+)s", text)
-    compile_s = float(m.group(1)) if m else float("nan")
-    d = re.search(r"diverged\s+(\d+)", text)
     return {"runs": sw.n_runs(), "steps": steps, "seeds": len(sw.seeds), "chunk_size": chunk,
-            "wall_s": wall, "compile_s": compile_s, "summary": text.strip(),
-            "diverged": int(d.group(1)) if d else None, "runs_x_steps": sw.n_runs() * steps,
-            "sweep": sw}
+            "wall_s": wall, "compile_s": s.compile_s, "summary": repr(s), "stats": s.stats,
+            "diverged": s.diverged, "runs_x_steps": sw.n_runs() * steps, "sweep": sw}
 
 
 def per_run_loop(sw, n: int) -> tuple[float, float]:
@@ -127,6 +116,9 @@ def main() -> None:
 
     import jax
 
+    # x64 on, as inside jaxdyn.run: the per-run loop runs the engine's math (lambertw0, counters)
+    jax.config.update("jax_enable_x64", True)
+
     from jaxdyn import engine
 
     load0 = os.getloadavg()
@@ -159,7 +151,7 @@ def main() -> None:
          "dc_paper", "",
          f"- {e['runs']:,} runs ({e['seeds']} seeds) × {e['steps']:,} steps, float32, "
          f"chunks of {e['chunk_size']:,} runs; {e['diverged']:,} runs diverged (nll, lr 0.01)",
-         f"- `jaxdyn.cli.main(['run', ...])`: wall {e['wall_s']:.1f} s, of which compile "
+         f"- `jaxdyn.run(...)`: wall {e['wall_s']:.1f} s, of which compile "
          f"{e['compile_s']:.1f} s (cold cache); Parquet writing included",
          f"- **{eng:.3g} run-steps/s** end to end; {steady:.3g} run-steps/s without compile",
          "", "## Per-run jitted loop (same math, same data, one call per run)", "",

@@ -3,7 +3,7 @@
 Measures, in one process, for the mean model (d=100, init_scale=0.01, float32, a log
 point every 100 steps; each program logs the engine's seven metrics):
 
-1. ``jaxdyn run`` end to end, called in-process through ``jaxdyn.cli.main`` on a generated
+1. ``jaxdyn run`` end to end, called in-process through ``jaxdyn.run`` on a generated
    sweep file (an lr grid log-spaced over [2.5e-4, 2.5e-2] times 4 seeds), with a fresh,
    empty persistent compilation cache: compile, compute and Parquet writing all counted;
    then a second invocation on the same cache (it should compile nothing).
@@ -34,13 +34,10 @@ Writes ``<out>/engine_mean_model.md`` (the table printed at the end) and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +47,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+# x64 on, as inside jaxdyn.run: the baselines run in the engine's mode (int64 loop counters)
+jax.config.update("jax_enable_x64", True)
 
 from jaxdyn.bench import LR_START, LR_STOP  # noqa: E402 - the same lr range as the suite
 SWEEP_NAME = "bench_engine_mean_model"
@@ -124,41 +126,29 @@ def bench_engine(args, tmp: Path, label: str = "cold") -> dict:
     os.environ["JAXDYN_CACHE_DIR"] = str(cache)
     n_cached_before = sum(1 for _ in cache.iterdir())
     out_dir = tmp / f"results_{label}"
-    argv = ["run", str(sweep_file), "--out", str(out_dir), "--quiet", "--yes"]
-    if args.chunk_size:
-        argv += ["--chunk-size", str(args.chunk_size)]
 
     # module imports are process start-up, not the engine's work (jax's are not counted
     # for the baselines either): what `jaxdyn run` imports is imported before the clock
-    import jax  # noqa: F401
     import optax  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from jaxdyn import cli, engine, experiments, store  # noqa: F401
+    import jaxdyn
+    from jaxdyn import contract, engine, experiments, launch, store  # noqa: F401
 
     experiments.get("eos.mean_model")
 
-    buf = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(buf):
-        rc = cli.main(argv)
+    try:
+        s = jaxdyn.run(sweep_file, out=out_dir, chunk_size=args.chunk_size or None,
+                       quiet=True, yes=True)
+    except jaxdyn.JaxdynError as err:
+        raise SystemExit(f"jaxdyn.run failed: {err}") from None
     wall = time.perf_counter() - t0
-    text = buf.getvalue()
-    print(text, end="")
-    if rc != 0:
-        raise SystemExit(f"jaxdyn run failed with exit status {rc}")
-    m = re.search(r"compile ([0-9.]+)(s|min)\)", text)
-    compile_s = None
-    if m:
-        compile_s = float(m.group(1)) * (60.0 if m.group(2) == "min" else 1.0)
-    m = re.search(r"diverged\s+(\d+)", text)
-    diverged = int(m.group(1)) if m else None
-    m = re.search(r"writing\s+([0-9.]+)(s|min) on the writer thread.*waited ([0-9.]+)(s|min)",
-                  text)
-    write_s = write_wait_s = None
-    if m:
-        write_s = float(m.group(1)) * (60.0 if m.group(2) == "min" else 1.0)
-        write_wait_s = float(m.group(3)) * (60.0 if m.group(4) == "min" else 1.0)
+    st = s.stats
+    print(f"{s!r}; write {st['write_s']:.2f}s (waited {st['write_wait_s']:.2f}s), "
+          f"{st['compiled_programs']} program(s) compiled")
+    compile_s, diverged = s.compile_s, s.diverged
+    write_s, write_wait_s = st["write_s"], st["write_wait_s"]
     parquet_bytes = sum(f.stat().st_size for f in out_dir.rglob("*.parquet"))
     return {
         "label": label, "runs": runs, "steps": args.steps, "n_lr": n_lr, "seeds": seeds,
@@ -167,7 +157,7 @@ def bench_engine(args, tmp: Path, label: str = "cold") -> dict:
         "cache_entries_before": n_cached_before,
         "cache_entries_after": sum(1 for _ in cache.iterdir()),
         "diverged": diverged, "parquet_bytes": parquet_bytes,
-        "run_steps_per_s": runs * args.steps / wall, "cli_summary": text.strip(),
+        "run_steps_per_s": runs * args.steps / wall, "summary": repr(s), "stats": st,
     }
 
 

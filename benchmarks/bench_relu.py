@@ -2,7 +2,7 @@
 
 Cases (unit: run-steps/s = runs x steps / wall seconds):
 
-  engine    ``jaxdyn.cli.main(["run", ...])`` on a generated sweep: n, d fixed, lr x init_scale
+  engine    ``jaxdyn.run(...)`` on a generated sweep: n, d fixed, lr x init_scale
             = 2 x 4 = 8 runs per seed, ``--seeds`` seeds, chunk_size 8 (the experiment has
             make_data, so the engine chunks per seed). Whole call, compile and Parquet included,
             cold (fresh JAXDYN_CACHE_DIR); its own compile-free rate is reported too.
@@ -24,11 +24,8 @@ average is recorded next to them.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -71,11 +68,12 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_relu-"))
     os.environ["JAXDYN_CACHE_DIR"] = str(tmp / "xla-cache")  # cold: nothing cached
     import jax
+    jax.config.update("jax_enable_x64", True)  # the float64 baselines below need x64 mode
     import jax.numpy as jnp
     import numpy as np
 
     import jaxdyn
-    from jaxdyn import cli, engine, experiments, spec
+    from jaxdyn import engine, experiments, spec
 
     sweep_file = tmp / "bench_relu.toml"
     sweep_file.write_text(SWEEP.format(steps=args.steps, seeds=args.seeds, points=args.points,
@@ -87,14 +85,10 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
 
     # ---- engine, end to end -----------------------------------------------------------
-    buf = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(buf):
-        code = cli.main(["run", str(sweep_file), "--out", str(tmp / "out"), "--quiet"])
+    summary = jaxdyn.run(sweep_file, out=tmp / "out", quiet=True)
     t_engine = time.perf_counter() - t0
-    assert code == 0, buf.getvalue()
-    m = re.search(r"compile ([0-9.]+)(s|min)", buf.getvalue())
-    compile_s = float(m.group(1)) * (60 if m.group(2) == "min" else 1) if m else float("nan")
+    compile_s = summary.compile_s
     res = jaxdyn.load(tmp / "out" / "bench_relu")
     eng_final = res.runs.set_index("run_id").final_loss
 
@@ -153,7 +147,8 @@ def main(argv=None) -> int:
         "log_points": len(log_steps), "precision": "float64",
         "engine": {"wall_s": t_engine, "compile_s": compile_s, "run_steps_per_s": r_engine,
                    "run_steps_per_s_without_compile": r_engine_nc,
-                   "chunks": args.seeds, "runs_per_chunk": n_runs // args.seeds},
+                   "chunks": args.seeds, "runs_per_chunk": n_runs // args.seeds,
+                   "stats": summary.stats},
         "per_run": {"runs": len(sample), "wall_s": t_loop, "compile_s": t_loop_compile,
                     "run_steps_per_s": r_loop},
         "batched": {"runs": n_runs, "wall_s": t_batched, "compile_s": t_b_compile,

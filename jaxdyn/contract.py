@@ -166,12 +166,17 @@ def check_values(exp, sweep) -> None:
         st = {k: v for k, v in hp_all.items() if k in static_names}
         hp = {k: v for k, v in hp_all.items() if k not in static_names}
         try:
-            exp.check({**st, "steps": sweep.steps}, hp)
-        except (ValueError, TypeError) as e:
+            exp.check({**st, "steps": sweep.steps, "precision": sweep.precision}, hp)
+        except ValueError as e:  # the value is refused
             point = ", ".join(f"{k}={v!r}" for k, v in hp_all.items()
                               if k in {**sweep.fixed, **_axes(sweep)})
             raise JaxdynError(f"{sweep.file or '<sweep>'}: {e} (at {point or 'the defaults'})"
                               ) from None
+        except Exception as e:  # noqa: BLE001 - a bug in the check itself, not in the sweep
+            raise ExperimentError(f"experiment {exp.name!r}: its check raised "
+                                  f"{type(e).__name__} at {_located(e, exp.check)}: "
+                                  f"{_first_line(e)} (a bug in check, not a refused value; "
+                                  f"raise ValueError to refuse one)") from None
 
 
 def _axes(sweep) -> dict:

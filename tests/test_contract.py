@@ -89,6 +89,10 @@ CASES = {
             if hp["lr"] <= 0:
                 raise ValueError(f"lr must be > 0, got {hp['lr']}")
         ''', check="check"), ["lr must be > 0, got -0.1"]),
+    "bug in check": (exp_file('''
+        def check(static, hp):
+            return len(hp["lr"])
+        ''', check="check"), ["its check raised TypeError", "exp.py:", "a bug in check"]),
     "import error": ("import jax\nraise ImportError('missing thing')\n",
                      ["importing", "ImportError", "missing thing", "exp.py:2"]),
     "not an experiment": ("EXP = 3\n", ["EXP is a int, not a jaxdyn.Experiment"]),

@@ -406,3 +406,35 @@ def test_notice_when_jax_started_first(tmp_path):
     assert r.stdout.strip() == "1"
     if (__import__("os").cpu_count() or 1) > 1:
         assert r.stderr.count("JAX was already started with 1 CPU device") == 1, r.stderr
+
+
+def test_heavy_ball_stability_threshold(tmp_path):
+    """Momentum as a sweep axis, against a closed form: gradient descent with heavy-ball
+    momentum β on f(w) = λw²/2 is stable iff λ·lr < 2(1 + β). Runs just below the threshold
+    converge, runs just above diverge (and are flagged), for β in {0, 0.5, 0.9}."""
+    lam = 4.0
+
+    def init(key, static, hp, data):
+        w = jnp.ones((), static["dtype"])
+        return {"w": w, "opt": jaxdyn.optimizer(static, hp).init(w)}
+
+    def step(state, key, static, hp, data):
+        u, o = jaxdyn.optimizer(static, hp).update(lam * state["w"], state["opt"], state["w"])
+        return {"w": state["w"] + u, "opt": o}
+
+    exp = jaxdyn.Experiment(
+        name="quadratic", doc="f(w) = λw²/2", params=(jaxdyn.Param("lr", 0.1, float),),
+        metrics=(jaxdyn.Metric("w"),), init=init, step=step,
+        measure=lambda s, static, hp, data: {"w": s["w"]})
+    betas = [0.0, 0.5, 0.9]
+    lrs = [f * 2 * (1 + b) / lam for b in betas for f in (0.97, 1.03)]
+    s = jaxdyn.run({"name": "hb", "steps": 3000, "log": {"every": 3000},
+                    "precision": "float64", "optimizer": "sgd", "diverge_above": 1e6,
+                    "zip": {"lr": lrs, "momentum": [b for b in betas for _ in (0, 1)]}},
+                   experiment=exp, out=tmp_path, quiet=True)
+    runs = s.load().runs
+    thresh = 2 * (1 + runs.momentum) / lam
+    below, above = runs[runs.lr < thresh], runs[runs.lr > thresh]
+    assert len(below) == len(above) == 3
+    assert (below.status == "ok").all() and (below.final_w.abs() < 1e-3).all()
+    assert (above.status == "diverged").all()

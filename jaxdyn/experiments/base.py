@@ -85,8 +85,10 @@ class Experiment:
         differentiates and that ``save = { params = ... }`` writes.
       probes: probes specific to this experiment (:class:`jaxdyn.Probe`).
       check: optional ``check(static, hp) -> None``, called with plain Python values for
-        every distinct grid point before anything is compiled; raise ``ValueError("...")``
-        to refuse a value (the message is shown with the sweep file, exit status 2).
+        every distinct grid point before anything is compiled (``static`` also holds
+        ``steps`` and ``precision``); raise ``ValueError("...")`` to refuse a value (the
+        message is shown with the sweep file and the grid point, exit status 2). Any other
+        exception is reported as a bug in ``check``.
       extra: reserved for the built-in families.
 
     ``static`` is a dict of the static hyperparameters plus ``dtype`` (the sweep's precision)

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdyn.experiments import _checks
 from jaxdyn.experiments.base import Experiment, Metric, Probe
 from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
@@ -160,16 +161,8 @@ def init_params(key, static, hp, data):
             "v": gv / math.sqrt(m)}
 
 
-def _check(static):
-    if static["control"] == "fix_g" and static["k"] != 1:
-        raise ValueError("bottleneck.three_layer: control = 'fix_g' needs k = 1 "
-                         "(g* is a function of one projection)")
-    if static["batch"] < 1 or static["n_train"] < 1:
-        raise ValueError("bottleneck.three_layer: batch and n_train must be >= 1")
-
-
 def init(key, static, hp, data):
-    _check(static)
+    _check_static(static)  # jaxdyn.run checks first (check_three_layer); direct callers here
     ikey = jax.random.fold_in(key, hp["replicate"].astype(jnp.uint32))
     params = init_params(ikey, static, hp, data)
     train = {n: params[n] for n in _trainable(static["control"])}
@@ -408,6 +401,96 @@ _LOSS_METRICS = (
     Metric("val_loss", "mean squared error on the n_val validation samples"),
 )
 
+
+def _check_static(static):
+    """The constraints on the static hyperparameters of ``_COMMON_PARAMS`` and of
+    ``three_layer``'s (d, k, init, control); see :func:`check_three_layer`."""
+    d, k, width = static["d"], static["k"], static["width"]
+    n_train, batch = static["n_train"], static["batch"]
+    _checks.at_least("d", d, 1, "the input dimension")
+    _checks.at_least("k", k, 1, "the bottleneck width")
+    if k > d:
+        raise ValueError(f"k ({k}) must be <= d ({d}): the bottleneck cannot be wider than "
+                         f"the input")
+    if static["control"] == "fix_g" and k != 1:
+        raise ValueError(f"k must be 1 with control = 'fix_g' (g* is a function of one "
+                         f"projection w·x), got k = {k}")
+    if static["init"] == "cos" and d < 2:
+        raise ValueError(f"d must be >= 2 with init = 'cos' (w0 is rotated from w* towards "
+                         f"an orthogonal direction, which d = 1 lacks: NaN weights), "
+                         f"got d = {d}")
+    _checks.at_least("width", width, 1, "the hidden width m of g_θ")
+    _checks.at_least("n_train", n_train, 1, "the training samples")
+    _checks.int32_size("n_train", n_train, "the minibatch order")
+    _checks.at_least("n_val", static["n_val"], 1, "val_loss is a mean over them; 0 divides by "
+                                                  "zero")
+    _checks.at_least("n_eval", static["n_eval"], 1, "train_loss is a mean over "
+                                                    "min(n_train, n_eval) samples")
+    _checks.at_least("batch", batch, 1, "the SGD minibatch size")
+    if batch > n_train:
+        raise ValueError(f"batch ({batch}) must be <= n_train ({n_train}): minibatches are "
+                         f"cut from epochs (permutations of the training set), so a larger "
+                         f"one repeats training points within the batch")
+    steps = max(int(static.get("steps", 1)), 1)
+    _checks.elements("the data (n_train + n_val + 1) × d", (n_train + static["n_val"] + 1) * d,
+                     n_train=n_train, n_val=static["n_val"], d=d)
+    _checks.elements("the minibatch order steps × batch", steps * batch, steps=steps,
+                     batch=batch)
+    _checks.elements("the activations max(batch, 64) × width", max(batch, EVAL_BLOCK) * width,
+                     batch=batch, width=width)
+    _checks.elements("the parameters k·d + width·k + 2·width", k * d + width * k + 2 * width,
+                     k=k, d=d, width=width)
+
+
+def _check_dynamic(hp):
+    # lr = 0 is allowed here (lr < 0, gradient ascent, is not): the network then stays at its
+    # initialisation along the same data and batches, the chance-level baseline of cos_sim
+    # (|CosSim| of a random w is ~1/sqrt(d)) and of train/val loss, and a sanity check of the
+    # ntk probe (change exactly 0). Large lr is legitimate (divergence; see reduction).
+    _checks.at_least("lr", hp["lr"], 0.0, "lr = 0 keeps the initialisation, a baseline; "
+                                          "lr < 0 is gradient ascent")
+    # replicate is folded into the init key as uint32 from a traced float: negative values
+    # all become 0 (the same init as replicate 0), and float32 holds integers exactly only
+    # up to 2**24 (larger replicates would share inits).
+    _checks.at_least("replicate", hp["replicate"], 0, "negative replicates all map to the "
+                                                      "init key of replicate 0")
+    _checks.at_most("replicate", hp["replicate"], 2**24 - 1, "it is traced as a float: "
+                                                            "float32 holds integers exactly "
+                                                            "only up to 2**24")
+
+
+def check_three_layer(static, hp):
+    """The values ``bottleneck.three_layer`` refuses (its ``check``), before anything runs:
+
+    - ``d >= 1``, ``k >= 1`` and ``k <= d`` (the bottleneck cannot be wider than the input).
+    - ``control = "fix_g"`` needs ``k = 1`` (g* is a function of one projection).
+    - ``init = "cos"`` needs ``d >= 2`` (no direction orthogonal to w* in d = 1: NaN weights)
+      and ``-1 <= cos0 <= 1`` (a cosine; cos0 is ignored by the other inits).
+    - ``control = "pretrain_g"``: ``pretrain_steps >= 0`` (0: no pretraining; more than
+      ``steps``: the whole run pretrains, allowed).
+    - ``width >= 1``; ``n_train >= 1`` (and <= 2**31 − 1: the batch order is int32);
+      ``n_val >= 1`` and ``n_eval >= 1`` (the losses are means over them: 0 crashes measure).
+    - ``1 <= batch <= n_train``: minibatches are cut from epochs of permutations of the
+      training set; a larger batch would repeat points within itself.
+    - ``lr >= 0``: lr = 0 is allowed as a control (the initialisation's cos_sim and losses
+      along the same batches, a check of the ntk probe); lr < 0 is gradient ascent.
+    - ``0 <= replicate <= 2**24 - 1`` (negative ones all share replicate 0's init; larger
+      ones are not exact in float32 and would share inits).
+    - shapes: the data (n_train + n_val + 1) × d, the batch order steps × batch, the
+      parameters and the activations max(batch, 64) × width, each at most 2**36 elements.
+
+    ``nu`` may be anything (0: a zero target, a control).
+    """
+    _check_static(static)
+    _check_dynamic(hp)
+    if static["init"] == "cos" and not -1.0 <= hp["cos0"] <= 1.0:
+        raise ValueError(f"cos0 must be in [-1, 1] with init = 'cos' (the initial "
+                         f"CosSim(w, w*)), got {hp['cos0']!r}")
+    if static["control"] == "pretrain_g":
+        _checks.at_least("pretrain_steps", hp["pretrain_steps"], 0, "control = 'pretrain_g': "
+                                                                     "0 means no pretraining")
+
+
 three_layer = Experiment(
     name="bottleneck.three_layer",
     doc="f(x) = vᵀσ(U·(Wx) + b), W ∈ R^{k×d}; y = sin(νπ·w*ᵀx); SGD on ½(y − f)²; probes "
@@ -433,6 +516,7 @@ three_layer = Experiment(
     init=init, step=step, measure=measure, make_data=make_data,
     loss=train_objective, params_of_state=lambda state: state["params"],
     probes=(NTK_PROBE, G_GRID_PROBE),
+    check=check_three_layer,
 )
 
 
@@ -454,6 +538,16 @@ def _1d_measure(state, static, hp, data):
     return {"train_loss": tr, "val_loss": va}
 
 
+def check_one_d(static, hp):
+    """The values ``bottleneck.one_d`` refuses: those of :func:`check_three_layer` for its
+    parameters (d = k = 1 and the init and control are fixed): ``width >= 1``,
+    ``1 <= n_train <= 2**31 − 1``, ``n_val >= 1``, ``n_eval >= 1``, ``1 <= batch <= n_train``,
+    ``lr >= 0`` (lr = 0: the untrained g_θ's losses, a baseline),
+    ``0 <= replicate <= 2**24 − 1`` and the same shape limits."""
+    _check_static(_as_1d(static))
+    _check_dynamic(hp)
+
+
 one_d = Experiment(
     name="bottleneck.one_d",
     doc="the 1-D learner g_θ(z) = vᵀσ(u·z + b) alone on z ~ N(0, 1), y = sin(νπz).",
@@ -466,6 +560,7 @@ one_d = Experiment(
     loss=lambda params, static, hp, data: train_objective(params, _as_1d(static), hp, data),
     params_of_state=lambda state: state["params"],
     probes=(_on_1d(NTK_PROBE), _on_1d(G_GRID_PROBE)),
+    check=check_one_d,
 )
 
 
@@ -499,6 +594,17 @@ def _ring_measure(state, static, hp, data):
     return {"x": x, "y": y, "loss": ring(x, y), "grad_norm": jnp.sqrt(gx * gx + gy * gy)}
 
 
+def check_toy_ring(static, hp):
+    """The values ``toy.ring`` refuses (its ``check``):
+
+    - ``lr > 0``: the subject is where (S)GD from each start ends; lr = 0 never moves (the
+      noise is scaled by lr too), lr < 0 is gradient ascent. Large lr is legitimate.
+
+    ``x0``, ``y0`` may be anything; ``noise`` too (a negative std draws the same Gaussian).
+    """
+    _checks.positive_lr(hp)
+
+
 toy_ring = Experiment(
     name="toy.ring",
     doc="(S)GD on (x² + y² − 1)² − 0.5x from a grid of starts, free or restricted to y = 0: "
@@ -517,6 +623,7 @@ toy_ring = Experiment(
     init=_ring_init, step=_ring_step, measure=_ring_measure,
     loss=lambda p, static, hp, data: ring(p["x"], p["y"]),
     params_of_state=lambda state: state,
+    check=check_toy_ring,
 )
 
 EXPERIMENTS = {e.name: e for e in (three_layer, one_d, toy_ring)}

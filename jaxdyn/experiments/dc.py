@@ -41,6 +41,7 @@ import numpy as np
 import optax
 from jax.custom_batching import custom_vmap
 
+from jaxdyn.experiments import _checks
 from jaxdyn.experiments.base import Experiment, Metric
 from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
@@ -192,6 +193,19 @@ def steps_per_epoch(static) -> int:
     return -(-split_sizes(static)[0] // int(static["batch"]))
 
 
+def check_epochs(static) -> None:
+    """``epochs``: 0 (no check) or > 0, and then ``steps`` = epochs × steps per epoch."""
+    epochs, steps = int(static.get("epochs", 0) or 0), int(static["steps"])
+    _checks.at_least("epochs", epochs, 0, "0: no check; else steps must be epochs × the steps "
+                                          "per epoch")
+    if epochs:
+        nb = steps_per_epoch(static)
+        if epochs * nb != steps:
+            raise ValueError(f"epochs = {epochs} needs steps = epochs × {nb} steps per epoch "
+                             f"(⌈{split_sizes(static)[0]} training points / batch "
+                             f"{static['batch']}⌉) = {epochs * nb}, got steps = {steps}")
+
+
 def _hull_ccw(P, valid, kmax: int = HULL_MAX):
     """Convex hull of the valid rows of P (n, 2), counter-clockwise from the lowest point, by
     gift wrapping with a fixed number of steps: ``(V (kmax, 2), closed)``. After the hull
@@ -240,10 +254,7 @@ def make_data(key, static):
     n_train, n_test = split_sizes(static)
     nb = steps_per_epoch(static)
     steps = int(static["steps"])
-    epochs = int(static.get("epochs", 0) or 0)
-    if epochs and epochs * nb != steps:
-        raise ValueError(f"dc.neuron: epochs = {epochs} needs steps = epochs × "
-                         f"{nb} steps per epoch = {epochs * nb}, got steps = {steps}")
+    check_epochs(static)  # jaxdyn.run checks it first (check_neuron); direct callers here
     n_epochs = -(-steps // nb)
     k_u, k_z, k_noise, k_split, k_order = jax.random.split(key, 5)
 
@@ -432,6 +443,53 @@ def _full_loss(params, static, hp, data):
     return jnp.mean(dc_loss(t, static["loss"], hp))
 
 
+def check_neuron(static, hp):
+    """The values ``dc.neuron`` refuses (its ``check``), before anything is compiled:
+
+    - ``m >= 2``: two blobs of m/2 points each need a point each (m = 0 divides by zero), and
+      ``m <= 2**31 - 1`` (the split and the epochs' permutations are int32 indices). A small
+      m whose 80/20 split leaves no test point (m = 2) is allowed: test_acc is then NaN.
+    - ``batch >= 1``. ``batch`` above the 0.8·m training points is allowed: an epoch is then
+      one (partial) batch, i.e. full-batch GD, exactly as the last batch of an epoch is.
+    - ``epochs >= 0``, and if > 0, ``steps`` = epochs × ⌈0.8·m / batch⌉ (the sweep's own
+      check of its step count; before, this failed inside make_data as a JAX traceback).
+    - ``0 <= label_noise <= 1``: a flip probability (a negative value silently meant none).
+    - ``lr > 0``: the subject is how ‖θ‖ grows under SGD; lr = 0 never moves θ, lr < 0 is
+      gradient ascent. Large lr is legitimate (much of dc_paper's grid diverges, on purpose).
+    - for the DC losses (``nll``, ``prob``; ``logistic`` ignores d, p_d, r, c):
+      ``0 < p_d < 1`` (a probability; log(p_d) is taken), ``r > 0`` (r = 0 divides by zero:
+      NaN losses; r < 0 turns the response around), and b = ln(p_d) − c/r < 0, i.e.
+      ``c > r·ln(p_d)`` (b >= 0: P(t) no longer increases with the margin, the loss is flat or
+      rewards negative margins). c >= 0, the seed's range, always satisfies it; a negative c
+      (an asymptote a = e^{c/r} below 1) that keeps b < 0 is allowed.
+    - the epochs' minibatch order, about steps × batch int32 indices, at most 2**36.
+
+    ``d``, ``sep`` and ``init_scale`` may be anything (sep = 0: no signal, a control).
+    """
+    m, batch = static["m"], static["batch"]
+    _checks.at_least("m", m, 2, "two blobs of m/2 points each")
+    _checks.int32_size("m", m, "the train/test split")
+    _checks.at_least("batch", batch, 1, "the minibatch size")
+    _checks.at_least("label_noise", static["label_noise"], 0.0, "a flip probability")
+    _checks.at_most("label_noise", static["label_noise"], 1.0, "a flip probability")
+    check_epochs(static)
+    _checks.positive_lr(hp)
+    if static["loss"] != "logistic":
+        p_d, r, c = hp["p_d"], hp["r"], hp["c"]
+        if not 0.0 < p_d < 1.0:
+            raise ValueError(f"p_d must be in (0, 1) (the response probability at t = d), "
+                             f"got {p_d!r}")
+        _checks.positive("r", r, "the growth rate; r = 0 divides by zero")
+        if not c > r * math.log(p_d):
+            raise ValueError(f"c must be > r·ln(p_d) = {r * math.log(p_d):.6g} so that "
+                             f"b = ln(p_d) − c/r < 0 (P(t) increasing in the margin), got "
+                             f"c = {c!r} (r = {r!r}, p_d = {p_d!r})")
+    nb = steps_per_epoch(static)
+    n_epochs = -(-max(int(static["steps"]), 1) // nb)
+    _checks.elements("the minibatch order (epochs × steps per epoch × batch indices)",
+                     n_epochs * nb * batch, steps=static["steps"], m=m, batch=batch)
+
+
 neuron = Experiment(
     name="dc.neuron",
     doc="single neuron on 2-D Gaussian blobs, SGD on the differential-capability loss "
@@ -476,6 +534,7 @@ neuron = Experiment(
     make_data=make_data,
     loss=_full_loss,
     params_of_state=_params,
+    check=check_neuron,
 )
 
 EXPERIMENTS = {neuron.name: neuron}

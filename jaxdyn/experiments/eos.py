@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import ndtr
 
+from jaxdyn.experiments import _checks
 from jaxdyn.experiments.base import Experiment, Metric
 from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
@@ -139,6 +140,20 @@ def _mm_measure(state, static, hp, data):
     }
 
 
+def check_mean_model(static, hp):
+    """The values ``eos.mean_model`` refuses (its ``check``), before anything is compiled:
+
+    - ``lr > 0``: the family is about GD's step size η against η* = 8π/d²; η = 0 never moves
+      the parameters (nothing to measure, η·sharpness ≡ 0), η < 0 is gradient ascent. Any
+      large η is legitimate: it is how the unstable side of η* is studied.
+    - ``d >= 1``: the input dimension (d = 0 makes the loss constant, d < 0 is no dimension).
+
+    ``init_scale`` and ``b0`` may be anything (0: start exactly at the origin, a fixed point).
+    """
+    _checks.positive_lr(hp)
+    _checks.at_least("d", hp["d"], 1, "the input dimension")
+
+
 mean_model = Experiment(
     name="eos.mean_model",
     doc="GD on (a−, a+, b) ↦ ℓ_sym(d·(a− + a+)·g(b)); phase transition at η* = 8π/d².",
@@ -162,6 +177,7 @@ mean_model = Experiment(
     measure=_mm_measure,
     loss=lambda params, static, hp, data: _mm_loss(params, hp["d"]),
     params_of_state=lambda state: state["params"],
+    check=check_mean_model,
 )
 
 
@@ -225,6 +241,17 @@ def _sn_measure(state, static, hp, data):
             "eta_sharpness": 0.5 * hp["lr"] * sharp}
 
 
+def check_single_neuron(static, hp):
+    """The values ``eos.single_neuron`` refuses (its ``check``):
+
+    - ``lr > 0``: the regimes are set by y0² − x0² against 2/η; η = 0 never moves (x, y) and
+      η < 0 is gradient ascent. Large η is legitimate (divergence).
+
+    ``x0``, ``y0`` and ``perturb`` may be anything; ``link`` is checked against its choices.
+    """
+    _checks.positive_lr(hp)
+
+
 single_neuron = Experiment(
     name="eos.single_neuron",
     doc="GD on ℓ(x·y); gradient-flow regime if y0² − x0² < 2/η, else EoS with sharpness → 2/η.",
@@ -245,6 +272,7 @@ single_neuron = Experiment(
     init=_sn_init, step=_sn_step, measure=_sn_measure,
     loss=lambda params, static, hp, data: single_neuron_loss(params, static["link"]),
     params_of_state=lambda state: state["params"],
+    check=check_single_neuron,
 )
 
 
@@ -348,6 +376,35 @@ def _tr_measure(state, static, hp, data):
     }
 
 
+def check_threshold_relu(static, hp):
+    """The values ``eos.threshold_relu`` refuses (its ``check``):
+
+    - ``lr > 0``: the family is about large steps (EoS) driving b negative; η = 0 never moves
+      the parameters, η < 0 is gradient ascent. Large η is legitimate (divergence).
+    - ``d >= 1`` (the dimension), ``n_train >= 1`` (the loss is a mean over the training set).
+    - ``n_test >= 0``: 0 is allowed (no test set; ``test_acc`` is then NaN).
+    - ``batch >= 0`` (0: full-batch GD). ``batch > n_train`` is allowed: minibatches are
+      drawn with replacement, so any size is a valid (if unusual) estimator.
+    - shapes: the seed's data, three arrays of (n_train + n_test) × (d + 1), and the
+      minibatch's ``batch`` indices, each at most 2**36 elements.
+
+    ``lam`` may be anything: the theory assumes λ > 1, but λ <= 1 (weak or no signal, λ = 0
+    a pure-noise control) is a legitimate regime to probe. ``init_scale``, ``b0``: anything.
+    """
+    _checks.positive_lr(hp)
+    _checks.at_least("d", static["d"], 1, "the input dimension")
+    _checks.at_least("n_train", static["n_train"], 1, "the loss is a mean over the training "
+                                                      "set")
+    _checks.at_least("n_test", static["n_test"], 0, "0: no test set, test_acc NaN")
+    _checks.at_least("batch", static["batch"], 0, "0: full-batch GD; else the SGD minibatch "
+                                                  "size")
+    _checks.elements("the minibatch (batch indices per step)", static["batch"],
+                     batch=static["batch"])
+    n = static["n_train"] + static["n_test"]
+    _checks.elements("the data (n_train + n_test) × (d + 1)", n * (static["d"] + 1),
+                     n_train=static["n_train"], n_test=static["n_test"], d=static["d"])
+
+
 threshold_relu = Experiment(
     name="eos.threshold_relu",
     doc="f(x) = Σ_i a−σ(−x_i+b) + a+σ(x_i+b) on sparse-coding data; large η learns b < 0.",
@@ -369,6 +426,7 @@ threshold_relu = Experiment(
     init=_tr_init, step=_tr_step, measure=_tr_measure, make_data=_tr_make_data,
     loss=lambda params, static, hp, data: threshold_relu_loss(params, static, hp, data),
     params_of_state=lambda state: state["params"],
+    check=check_threshold_relu,
 )
 
 EXPERIMENTS = {e.name: e for e in (mean_model, single_neuron, threshold_relu)}

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdyn.experiments import _checks
 from jaxdyn.experiments.base import Experiment, Metric
 from jaxdyn.optim import optimizer
 from jaxdyn.spec import Param
@@ -249,6 +250,35 @@ def _measure(state, static, hp, data):
     }
 
 
+def check_teacher_student(static, hp):
+    """The values ``relu.teacher_student`` refuses (its ``check``), before anything is compiled:
+
+    - ``n >= 1`` student neurons, ``d >= 1`` input dimensions (n = 0: no student at all).
+    - ``mode = "empirical"``: ``n_train >= 1`` (the loss is a mean over the samples; 0 gives
+      NaN). Population mode ignores n_train.
+    - ``lr > 0``: the subject is GD's convergence rate in T (linear for n = 1, T⁻³ for
+      n >= 2); lr = 0 never moves w, lr < 0 is gradient ascent. Large lr is legitimate.
+    - shapes: the students W (n × d) and the per-run pair matrices (n × n); in empirical mode
+      the samples X (n_train × d) and the per-run activations (n_train × n), each at most
+      2**36 elements.
+
+    ``init_scale`` may be anything (0: every student starts at the origin, a symmetric start).
+    """
+    n, d = static["n"], static["d"]
+    _checks.at_least("n", n, 1, "the number of student neurons")
+    _checks.at_least("d", d, 1, "the input dimension")
+    if static["mode"] == "empirical":
+        _checks.at_least("n_train", static["n_train"], 1, "mode = 'empirical': the loss is a "
+                                                          "mean over n_train samples")
+    _checks.positive_lr(hp)
+    _checks.elements("the students n × d", n * d, n=n, d=d)
+    _checks.elements("the student pairs n × n", n * n, n=n)
+    if static["mode"] == "empirical":
+        nt = static["n_train"]
+        _checks.elements("the samples n_train × d", nt * d, n_train=nt, d=d)
+        _checks.elements("the activations n_train × n", nt * n, n_train=nt, n=n)
+
+
 teacher_student = Experiment(
     name="relu.teacher_student",
     doc="GD on ½E[(Σ_i σ(w_iᵀx) − σ(vᵀx))²], x ~ N(0, I_d): n = 1 linear, n ≥ 2 at rate T⁻³.",
@@ -283,6 +313,7 @@ teacher_student = Experiment(
     # are chunked per seed; population-mode groups are chunked across seeds, each run calling
     # make_data itself (benchmarks/results/relu.md: 2.5x the run-steps/s of 8-run per-seed chunks).
     extra={"shares_data": lambda static: static["mode"] == "empirical"},
+    check=check_teacher_student,
 )
 
 EXPERIMENTS = {teacher_student.name: teacher_student}
