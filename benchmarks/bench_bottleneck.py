@@ -265,7 +265,7 @@ def bench_steady(args, sizes=(1, 8, 16, 64, 256), micro_sizes=(8, 16), steps=100
     for micro in micro_sizes:  # the engine's micro-batches: 256 runs, `micro` at a time
         n = 256
         a = (dyn(n), np.zeros(n, np.uint32), data)
-        f = jax.jit(lambda d, s, x, m=micro: engine._micro_batched(vrun, m, (d, s), x))
+        f = jax.jit(lambda d, s, x, m=micro: engine.micro_batched(vrun, m, (d, s), x))
         calls[f"{n} in micro-batches of {micro}"] = (f.lower(*a).compile(), a, n)
     best = {k: 0.0 for k in calls}
     for _ in range(repeats):

@@ -156,7 +156,7 @@ def run_case(case: str, data: Path, ids_file: Path) -> dict:
 # ---- driving ---------------------------------------------------------------------------------
 def ensure_data(args) -> dict:
     """Generate the sweep (or reuse a complete one with the same settings)."""
-    from jaxdyn.query import QueryError, sweep_status
+    from jaxdyn.results import QueryError, sweep_status
 
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)

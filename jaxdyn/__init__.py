@@ -14,7 +14,7 @@ setting: names that need JAX are imported on first use.
 
 from jaxdyn.experiments.base import Experiment, Metric, Probe
 from jaxdyn.launch import RunSummary, run
-from jaxdyn.query import Results, load, query
+from jaxdyn.results import Results, load, query
 from jaxdyn.spec import JaxdynError, Param, SpecError
 
 __all__ = ["Experiment", "JaxdynError", "Metric", "Param", "Probe", "Results", "RunSummary",

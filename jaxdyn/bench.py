@@ -483,26 +483,6 @@ def _cost_note(cost: dict) -> str:
 
 
 # ---- running one engine case -----------------------------------------------------------------
-@contextlib.contextmanager
-def _recording_runners():
-    """Collect the ChunkRunners ``run_sweep`` builds (to reach their compiled programs)."""
-    from jaxdyn import engine
-
-    made = []
-    orig = engine.ChunkRunner
-
-    class Recording(orig):  # type: ignore[misc, valid-type]
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-
-    engine.ChunkRunner = Recording
-    try:
-        yield made
-    finally:
-        engine.ChunkRunner = orig
-
-
 def run_engine_case(case: Case, root: Path, ceil: dict) -> dict:
     from jaxdyn import engine, experiments, spec
     from jaxdyn.store import SweepStore
@@ -519,10 +499,10 @@ def run_engine_case(case: Case, root: Path, ceil: dict) -> dict:
 
     _reset_peak_rss()
     try:
-        with _recording_runners() as runners:
-            t0 = time.perf_counter()
-            summary = engine.run_sweep(sw, exp, store, progress=progress)
-            wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        summary = engine.run_sweep(sw, exp, store, progress=progress)
+        wall = time.perf_counter() - t0
+        runners = summary["runners"]  # to reach their compiled programs
     finally:
         store.close()
     rss_peak = _proc_status_kb("VmHWM")

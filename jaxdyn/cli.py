@@ -126,7 +126,7 @@ def _file_experiments(path: str):
 
 
 def cmd_query(args) -> int:
-    from jaxdyn.query import QueryError, query
+    from jaxdyn.results import QueryError, query
 
     if not args.sql:
         return _err("query: give the SQL as the last argument")
@@ -201,7 +201,7 @@ def _json_lines(df) -> str:
 def cmd_status(args) -> int:
     import json
 
-    from jaxdyn.query import QueryError, resolve, sweep_names, sweep_status
+    from jaxdyn.results import QueryError, resolve, sweep_names, sweep_status
 
     names = args.names or sweep_names(args.out)
     if not names:
@@ -265,7 +265,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from jaxdyn.query import QueryError, plot
+    from jaxdyn.results import QueryError, plot
 
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):

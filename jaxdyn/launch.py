@@ -47,7 +47,7 @@ class RunSummary:
     stats: dict = field(default_factory=dict)
 
     def load(self):
-        from jaxdyn.query import load
+        from jaxdyn.results import load
 
         return load(self.name, root=self.folder.parent)
 
@@ -301,6 +301,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
         if hasattr(bar, "close"):
             bar.close()
         store.close()
+    s.pop("runners", None)
     return RunSummary(name=sweep.name, experiment=sweep.experiment, folder=store.dir,
                       runs_total=s["runs_total"], runs_run=s["runs_run"],
                       runs_done_before=s["runs_done_before"], diverged=s["diverged"],

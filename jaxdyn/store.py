@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -45,6 +47,87 @@ class StoreError(JaxdynError, RuntimeError):
     """A problem with the output folder; ``str(err)`` is the message for the user."""
 
 
+# ---- the on-disk layout (docs/format.md): every name is defined here, once -----------------
+MANIFEST = "manifest.json"
+RUNS, CURVES = "runs", "curves"   # PARAMS ("params") above: parameter snapshots
+TABLES = (RUNS, CURVES, PARAMS)
+PART_GLOB = "part-*.parquet"
+#: the static group of a part, from its name (parts of one group share one schema)
+PART_GROUP_RE = re.compile(r"^part-(g\d+)-")
+PROGRESS_GLOB = "progress-*.json"
+TMP_PREFIX = ".tmp-"
+
+
+def part_name(group_index: int, process_index: int, first_run_id: str) -> str:
+    """A chunk's part file name (the same in runs/, curves/ and params/): its group, the
+    process that wrote it, its first run_id and a random suffix."""
+    return (f"part-g{group_index:03d}-p{process_index}-{first_run_id}-"
+            f"{uuid.uuid4().hex[:6]}.parquet")
+
+
+def progress_name(process_index: int) -> str:
+    return f"progress-{process_index}.json"
+
+
+def lock_name(sweep_name: str, process_index: int = 0) -> str:
+    """The write lock of a sweep, in the results root (beside, not inside, its folder: a
+    folder moved aside by --force keeps no lock)."""
+    return f".{sweep_name}.lock" + (f".{process_index}" if process_index else "")
+
+
+def lock_files(root: Path, sweep_name: str) -> list[Path]:
+    """Every write lock of a sweep (process 0's and the other processes')."""
+    base = lock_name(sweep_name)
+    return [p for p in Path(root).glob(glob.escape(base) + "*")
+            if p.name == base or p.name.startswith(base + ".")]
+
+
+def moved_aside_name(sweep_name: str) -> str:
+    return f"{sweep_name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def committed_parts(folder: str | Path, *tables: str) -> tuple[list[Path], ...]:
+    """A consistent snapshot of a sweep's part files: the runs parts present now, then the
+    parts of the other ``tables`` (default curves) of those same chunks only — never a part
+    whose chunk is not committed (a chunk's runs part is renamed into place last)."""
+    folder = Path(folder)
+    runs = sorted((folder / RUNS).glob(PART_GLOB))
+    names = {p.name for p in runs}
+    others = [sorted(p for p in (folder / t).glob(PART_GLOB) if p.name in names)
+              for t in (tables or (CURVES,))]
+    return (runs, *others)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a sweep folder; StoreError for a missing or unreadable one, or a
+    schema version this jaxdyn does not read."""
+    path = Path(folder) / MANIFEST
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{folder}: no {MANIFEST} (not a sweep folder, or it was moved)") \
+            from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise StoreError(f"{path}: unreadable manifest (not a JSON object)")
+    v = m.get("schema_version")
+    if v != SCHEMA_VERSION:
+        if isinstance(v, int) and v > SCHEMA_VERSION:
+            hint = "a newer jaxdyn wrote them: upgrade jaxdyn to read them"
+        else:
+            hint = (f"an older jaxdyn wrote them (git rev {m.get('git_rev') or 'unknown'}, "
+                    f"jaxdyn {m.get('jaxdyn_version', 'unknown')}): read them with that "
+                    f"version, or re-run the sweep")
+        raise StoreError(f"{folder}: tables have schema version {v}; this jaxdyn reads "
+                         f"version {SCHEMA_VERSION} only; {hint}")
+    return m
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -57,7 +140,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -70,7 +153,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_parquet_tmp(table: pa.Table, final: Path, **kw) -> Path:
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
     with open(tmp, "wb") as f:
         # no Arrow schema in the file: readers see plain Parquet types (run_id a string).
         # Dictionary encoding only for the string columns: tried on float metric columns
@@ -119,7 +202,7 @@ class SweepStore:
             raise StoreError(f"cannot create output folder {self.root}: {e.strerror}") from None
         self._refuse_symlinks()
         self._lock()
-        man_path = self.dir / "manifest.json"
+        man_path = self.dir / MANIFEST
         if man_path.exists():
             old = self.manifest()
             src_old = (old.get("experiment_source") or {}).get("sha256")
@@ -140,12 +223,15 @@ class SweepStore:
                         f"{str(src_old)[:12]} then, {str(src_new)[:12]} now). Resuming would "
                         f"mix the two; give the sweep a new 'name', use --out, or pass "
                         f"--force to move the old results aside and start again.")
-                aside = self.root / f"{self.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside = self.root / moved_aside_name(self.name)
+                n = 1
+                while aside.exists():  # --force twice within a second
+                    aside, n = self.root / f"{moved_aside_name(self.name)}-{n}", n + 1
                 os.replace(self.dir, aside)
                 self.moved_aside = aside
         try:
-            (self.dir / "runs").mkdir(parents=True, exist_ok=True)
-            (self.dir / "curves").mkdir(parents=True, exist_ok=True)
+            (self.dir / RUNS).mkdir(parents=True, exist_ok=True)
+            (self.dir / CURVES).mkdir(parents=True, exist_ok=True)
             if not man_path.exists():
                 manifest = {
                     "schema_version": SCHEMA_VERSION,
@@ -173,7 +259,7 @@ class SweepStore:
         process 0 has opened it (created or checked the manifest, cleaned up)."""
         self.process_index = process_index
         self._refuse_symlinks()
-        self._lock(f".{self.name}.lock.{process_index}")
+        self._lock(lock_name(self.name, process_index))
         try:
             man = self.manifest()
         except (OSError, ValueError):
@@ -190,13 +276,13 @@ class SweepStore:
         """Nothing is written through a symbolic link: not the sweep folder, nor its
         ``runs``, ``curves`` or ``manifest.json`` (a link there would send parts, or the
         manifest check, to another place)."""
-        for p in (self.dir, self.dir / "runs", self.dir / "curves",
-                  self.dir / "manifest.json"):
+        for p in (self.dir, self.dir / RUNS, self.dir / CURVES, self.dir / PARAMS,
+                  self.dir / MANIFEST):
             if p.is_symlink():
                 raise StoreError(f"{p} is a symbolic link; refusing to write through it")
 
-    def _lock(self, lock_name: str | None = None) -> None:
-        lock_path = self.root / (lock_name or f".{self.name}.lock")
+    def _lock(self, lock: str | None = None) -> None:
+        lock_path = self.root / (lock or lock_name(self.name))
         try:
             # O_NOFOLLOW: a planted link must not make us create or open a file elsewhere
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -229,29 +315,29 @@ class SweepStore:
     def _cleanup(self) -> None:
         """Remove what a killed writer left: temporary files, curves (and params) parts
         without their runs part."""
-        for sub in ("runs", "curves", PARAMS, "."):
-            for p in (self.dir / sub).glob(".tmp-*"):
+        for sub in (*TABLES, "."):
+            for p in (self.dir / sub).glob(TMP_PREFIX + "*"):
                 p.unlink(missing_ok=True)
-        committed = {p.name for p in (self.dir / "runs").glob("part-*.parquet")}
-        for sub in ("curves", PARAMS):
-            for p in (self.dir / sub).glob("part-*.parquet"):
+        committed = {p.name for p in (self.dir / RUNS).glob(PART_GLOB)}
+        for sub in (CURVES, PARAMS):
+            for p in (self.dir / sub).glob(PART_GLOB):
                 if p.name not in committed:
                     p.unlink()
 
     # ---- reading ------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return json.loads((self.dir / "manifest.json").read_text())
+        return json.loads((self.dir / MANIFEST).read_text())
 
     def done_run_ids(self) -> set[str]:
         done: set[str] = set()
-        for p in sorted((self.dir / "runs").glob("part-*.parquet")):
+        for p in sorted((self.dir / RUNS).glob(PART_GLOB)):
             done.update(pq.read_table(p, columns=["run_id"]).column(0).to_pylist())
         return done
 
     def progress(self) -> list[dict]:
         """Progress records of the processes that ran (or are running) this sweep."""
         out = []
-        for p in sorted(self.dir.glob("progress-*.json")):
+        for p in sorted(self.dir.glob(PROGRESS_GLOB)):
             try:
                 out.append(json.loads(p.read_text()))
             except (OSError, ValueError):
@@ -263,7 +349,7 @@ class SweepStore:
         """Progress of this process (chunks/runs done of its share, start time), for
         ``jaxdyn status``; written atomically."""
         try:
-            atomic_write_bytes(self.dir / f"progress-{process_index}.json",
+            atomic_write_bytes(self.dir / progress_name(process_index),
                                json.dumps({**state, "updated": time.time()}).encode())
         except OSError:
             pass  # progress is informational; a full disk shows up on the next part
@@ -275,10 +361,9 @@ class SweepStore:
         list of ``(path, leaf array)``) a params part, atomically: the runs part last."""
         runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
                                             alive, diverged_step, wall_s)
-        name = (f"part-g{group.index:03d}-p{self.process_index}-{chunk[0].run_id}-"
-                f"{uuid.uuid4().hex[:6]}.parquet")
-        runs_final = self.dir / "runs" / name
-        others = [(curves_tbl, self.dir / "curves" / name)]
+        name = part_name(group.index, self.process_index, chunk[0].run_id)
+        runs_final = self.dir / RUNS / name
+        others = [(curves_tbl, self.dir / CURVES / name)]
         if params is not None:
             (self.dir / PARAMS).mkdir(exist_ok=True)
             others.append((params_table(sweep, group, chunk, log_steps, params),

@@ -77,12 +77,12 @@ def _unrolled_chunk(exp, static, T: int, batch: int):
             key = jax.random.PRNGKey(seed)
             st = exp.init(jax.random.fold_in(key, 0), static, h, data)
             ks = jax.random.fold_in(key, 1)
-            alive = engine._all_finite(st)
+            alive = engine.program._all_finite(st)
             first = exp.measure(st, static, h, data)
             for i in range(T):
                 new = exp.step(st, jax.random.fold_in(ks, i), static, h, data)
-                ok = alive & engine._all_finite(new)
-                st, alive = engine._freeze(ok, new, st), ok
+                ok = alive & engine.program._all_finite(new)
+                st, alive = engine.program._freeze(ok, new, st), ok
             return first, exp.measure(st, static, h, data)
 
         return jax.vmap(one)(hp, seeds)

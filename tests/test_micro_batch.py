@@ -116,10 +116,10 @@ def _runner(text, **kw):
 
 def test_micro_batch_measured_once_then_read_back(monkeypatch, tmp_path):
     table = tmp_path / "tuning.json"
-    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
-    monkeypatch.setattr(engine, "MICRO_TUNE_ABOVE_BYTES", 0)  # measure even this small net
-    monkeypatch.setattr(engine, "MICRO_TUNE_MIN_VALUE", 0)
-    monkeypatch.setattr(engine, "MICRO_TUNE_BUDGET", float("inf"))  # the whole ladder
+    monkeypatch.setattr(engine.tuning, "_tuning_file", lambda: table)
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_ABOVE_BYTES", 0)  # measure even this small net
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_MIN_VALUE", 0)
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_BUDGET", float("inf"))  # the whole ladder
     text = BOTTLENECK.replace("replicate = { start = 0, stop = 11, num = 12 }",
                               "replicate = { start = 0, stop = 63, num = 64 }")
     runner, group = _runner(text)
@@ -150,10 +150,10 @@ def test_short_sweeps_stop_measuring_at_the_budget(monkeypatch, tmp_path):
     MICRO_TUNE_BUDGET of the group's run time; the short measurement is read back by the
     next sweep of the same length (not by a longer one)."""
     table = tmp_path / "tuning.json"
-    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
-    monkeypatch.setattr(engine, "MICRO_TUNE_ABOVE_BYTES", 0)
-    monkeypatch.setattr(engine, "MICRO_TUNE_MIN_VALUE", 0)
-    monkeypatch.setattr(engine, "MICRO_TUNE_BUDGET", 0.0)
+    monkeypatch.setattr(engine.tuning, "_tuning_file", lambda: table)
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_ABOVE_BYTES", 0)
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_MIN_VALUE", 0)
+    monkeypatch.setattr(engine.tuning, "MICRO_TUNE_BUDGET", 0.0)
     text = BOTTLENECK.replace("replicate = { start = 0, stop = 11, num = 12 }",
                               "replicate = { start = 0, stop = 63, num = 64 }")
     runner, _ = _runner(text)
@@ -175,7 +175,7 @@ def test_only_runs_with_large_values_are_measured(monkeypatch, tmp_path):
     """The gate is the largest value one step makes, from its jaxpr: the bottleneck
     network's (batch, width) activations, the mean model's scalars."""
     table = tmp_path / "tuning.json"
-    monkeypatch.setattr(engine, "_tuning_file", lambda: table)
+    monkeypatch.setattr(engine.tuning, "_tuning_file", lambda: table)
     thesis = BOTTLENECK.replace("width = 48", "width = 1000").replace("n_train = 300",
                                                                        "n_train = 10000")
     runner, _ = _runner(thesis)
@@ -183,7 +183,7 @@ def test_only_runs_with_large_values_are_measured(monkeypatch, tmp_path):
         == 32 * 1000 * 4  # one float32 (batch, width) activation
     runner, group = _runner(SCAN)
     assert engine.largest_step_value(runner.exp, runner.static, runner.per_seed) \
-        < engine.MICRO_TUNE_MIN_VALUE
+        < engine.tuning.MICRO_TUNE_MIN_VALUE
     runner.choose_chunk(len(group.runs), None)
     assert runner.micro is None and runner.micro_rates == {} and runner.tune_s == 0
     assert not table.exists()  # nothing was measured

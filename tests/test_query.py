@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import jaxdyn
-from jaxdyn.query import QueryError, connect, sweep_status
+from jaxdyn.results import QueryError, connect, sweep_status
 from jaxdyn.store import CURVES_ROW_GROUP
 
 from conftest import ROOT
@@ -446,13 +446,14 @@ def _png_ok(path):
 
 
 def test_plot_mean_and_spread_over_seeds(sweeps, cli, tmp_path):
-    from jaxdyn.query import plot
+    from jaxdyn.results import plot
 
     out = tmp_path / "loss.png"
     code, so, err = cli("plot", "mm", "--x", "step", "--y", "b", "--hue", "lr", "--where",
                         "d = 100 AND lr < 0.5", "-o", out, "--out", sweeps)
     assert code == 0, err
-    assert "24" not in so and "12 runs, 4 lines" in so and "min–max" in so
+    summary = so.split(": ", 1)[1]  # after the figure's path (which may hold any digits)
+    assert "24" not in summary and "12 runs, 4 lines" in summary and "min–max" in summary
     _png_ok(out)
     info = plot("mm", "step", "b", tmp_path / "b.png", hue="lr", where="d = 100 AND lr < 0.5",
                 root=sweeps)
@@ -484,7 +485,7 @@ def test_plot_mean_and_spread_over_seeds(sweeps, cli, tmp_path):
     # a numeric --hue with too many values is binned (log-spaced here: lr spans 3 decades)
     import importlib
 
-    qmod = importlib.import_module("jaxdyn.query")
+    qmod = importlib.import_module("jaxdyn.results.plot")
     old = qmod.MAX_HUE_LINES
     qmod.MAX_HUE_LINES = 3
     try:

@@ -37,7 +37,7 @@ _MODULES = {
     "relu.teacher_student": "jaxdyn.experiments.relu",
     "bottleneck.three_layer": "jaxdyn.experiments.bottleneck",
     "bottleneck.one_d": "jaxdyn.experiments.bottleneck",
-    "toy.ring": "jaxdyn.experiments.bottleneck",
+    "toy.ring": "jaxdyn.experiments.toy",
 }
 
 #: the entry-point group through which installed packages register experiments

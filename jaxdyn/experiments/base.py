@@ -89,7 +89,10 @@ class Experiment:
         ``steps`` and ``precision``); raise ``ValueError("...")`` to refuse a value (the
         message is shown with the sweep file and the grid point, exit status 2). Any other
         exception is reported as a bug in ``check``.
-      extra: reserved for the built-in families.
+      shares_data: optional ``shares_data(static) -> bool``: whether the runs of a static
+        group share ``make_data``'s output per seed (the default when ``make_data`` is
+        given; chunks then never span seeds). Return False for groups whose runs build
+        their data themselves (``make_data`` is then called inside each run).
 
     ``static`` is a dict of the static hyperparameters plus ``dtype`` (the sweep's precision)
     and ``steps``; ``hp`` a dict of the dynamic ones as traced scalars of ``dtype``.
@@ -125,8 +128,8 @@ class Experiment:
     loss: Callable[..., Any] | None = None
     params_of_state: Callable[[Any], Any] | None = None
     probes: tuple[Probe, ...] = ()
-    extra: dict = field(default_factory=dict)
     check: Callable[[dict, dict], None] | None = None
+    shares_data: Callable[[dict], bool] | None = None
 
     @property
     def static_names(self) -> tuple[str, ...]:

@@ -312,7 +312,7 @@ teacher_student = Experiment(
     # reads this (engine.shares_data): empirical-mode groups get make_data once per chunk and
     # are chunked per seed; population-mode groups are chunked across seeds, each run calling
     # make_data itself (benchmarks/results/relu.md: 2.5x the run-steps/s of 8-run per-seed chunks).
-    extra={"shares_data": lambda static: static["mode"] == "empirical"},
+    shares_data=lambda static: static["mode"] == "empirical",
     check=check_teacher_student,
 )
 
