@@ -29,7 +29,16 @@ from jaxdyn.spec import JaxdynError, SpecError, Sweep
 
 @dataclass
 class RunSummary:
-    """What :func:`run` did. ``load()`` opens the results (:class:`jaxdyn.Results`)."""
+    """What :func:`run` did. ``load()`` opens the results (:class:`jaxdyn.Results`).
+
+    Fields: ``name``, ``experiment``, ``folder`` (``<out>/<name>``); ``runs_total`` (the
+    sweep's distinct runs), ``runs_run`` (computed by this call), ``runs_done_before`` (found
+    done and skipped), ``diverged`` (of the runs run now); ``wall_s`` and ``compile_s``;
+    ``duplicates`` (runs of repeated grid points dropped); ``process_index`` and
+    ``process_count`` of a multi-process run; ``moved_aside`` (where ``force`` moved older
+    results); ``stats``, the engine's full summary (chunks, micro-batch, writer time,
+    compiled programs, run·steps/s).
+    """
 
     name: str
     experiment: str

@@ -193,7 +193,21 @@ def _nested(leaves: list[tuple[str, np.ndarray]]):
 
 
 def load(name_or_dir: str | Path, root: str | Path | None = None) -> Results:
-    """The results of one sweep, by name (under ``results/``) or by folder."""
+    """The results of one sweep, by name (under ``root``, default ``results/``) or by folder.
+
+    Args:
+      name_or_dir: a sweep's name, or the path of its folder.
+      root: the results root a name is looked up in.
+
+    Returns:
+      :class:`Results`; ``.runs`` (one row per run), ``.curves(...)``, ``.params(...)``,
+      ``.query(sql)``. Nothing is read until asked; no JAX is imported.
+
+    Example::
+
+        res = jaxdyn.load("eos_mean_model")
+        res.runs.groupby("lr").final_b.mean()
+    """
     folder = resolve(name_or_dir, root)
     read_manifest(folder)
     return Results(folder)
