@@ -1,4 +1,5 @@
-"""Benchmark: the bottleneck family at the thesis setting (seed 003, SCIENCE.md §4).
+"""Benchmark: the bottleneck family at the thesis setting (seed 003; see
+docs/science/bottleneck.md).
 
 ``bottleneck.three_layer`` with d = 10, width 1000, batch 32, n_train = 1e4, lr 5e-4,
 float32, log every ``--log-every`` steps; ``--runs`` runs (1,024 by default: one data seed x

@@ -37,8 +37,9 @@ from jaxdyn.spec import JaxdynError
 SCHEMA_VERSION = 1
 #: the folder of parameter snapshots (``save = { params = ... }``), beside runs/ and curves/
 PARAMS = "params"
-#: zstd level 1: on mean-model curves (1.65 M rows, 9 columns) it wrote in 0.12 s against
-#: 0.17 s at level 3, with files 2 % larger; the writer shares the CPU with the compute.
+#: zstd level 1: on mean-model curves it wrote noticeably faster than level 3, with files
+#: slightly larger (figures in benchmarks/README.md, table of changes); the writer shares
+#: the CPU with the compute.
 PARQUET_OPTS = dict(compression="zstd", compression_level=1, write_statistics=True)
 CURVES_ROW_GROUP = 1 << 20
 
@@ -157,8 +158,9 @@ def _write_parquet_tmp(table: pa.Table, final: Path, **kw) -> Path:
     with open(tmp, "wb") as f:
         # no Arrow schema in the file: readers see plain Parquet types (run_id a string).
         # Dictionary encoding only for the string columns: tried on float metric columns
-        # it almost never pays and took half the writer's time (measured: 1.42 s -> 0.72 s
-        # for 6.6 M curve rows, and smaller files).
+        # it almost never pays and took half the writer's time (without it, writing curve
+        # rows took half as long and the files were smaller; figures in
+        # benchmarks/README.md, table of changes).
         dict_cols = [fld.name for fld in table.schema
                      if pa.types.is_string(fld.type) or pa.types.is_dictionary(fld.type)]
         pq.write_table(table, f, store_schema=False, use_dictionary=dict_cols,

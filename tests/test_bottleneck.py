@@ -1,7 +1,7 @@
-"""Three-layer bottleneck family (SCIENCE.md §4, seed 003): the model, its gradient and every
-probe against float64 NumPy references (finite differences, explicit Jacobians), the
-initialisation and control schemes, an engine trajectory against a NumPy SGD loop, the 2-D
-toy objective, the ν = 0.5 vs 1.5 hypothesis test, and the notebooks."""
+"""Three-layer bottleneck family (seed 003; see docs/science/bottleneck.md): the model, its
+gradient and every probe against float64 NumPy references (finite differences, explicit
+Jacobians), the initialisation and control schemes, an engine trajectory against a NumPy SGD
+loop, the 2-D toy objective, the ν = 0.5 vs 1.5 hypothesis test, and the notebooks."""
 
 import jax
 import jax.numpy as jnp

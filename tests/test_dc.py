@@ -1,5 +1,5 @@
-"""dc.neuron (SCIENCE.md §2, seed 000): the DC losses and their gradients against float64
-NumPy, the boundary cases of the Gompertz response, Lambert W0 against SciPy (and a
+"""dc.neuron (seed 000; see docs/science/dc.md): the DC losses and their gradients against
+float64 NumPy, the boundary cases of the Gompertz response, Lambert W0 against SciPy (and a
 60-digit reference where SciPy itself is off), g^DC as the inverse of f, the data and the
 max-margin geometry against brute force, SGD against a NumPy loop, a grid point's results
 independent of the grid around it, and the late-phase growth of ‖θ‖ against g^DC."""

@@ -1,5 +1,6 @@
 """Edge-of-stability family: the sharpness probe against dense eigvalsh, the single neuron's
-two regimes, the threshold ReLU network against NumPy and the seed's Figure 2, the notebook."""
+two regimes, the threshold ReLU network against NumPy and the seed's Figure 2 (seed 002; see
+docs/science/eos.md), the notebook."""
 
 import jax
 import jax.numpy as jnp
@@ -216,7 +217,7 @@ def np_threshold_relu_grad(am, ap, b, lam, xi, y, j):
 def test_threshold_relu_sgd_step_matches_numpy_minibatch(cli, write_sweep, tmp_path):
     """batch > 0: each step takes the gradient of the mean loss over `batch` training rows drawn
     with replacement by jax.random.randint(step key, (batch,), 0, n_train), the step key of
-    step t being fold_in(fold_in(PRNGKey(seed), 1), t) (engine.py). The experiment's step
+    step t being fold_in(fold_in(PRNGKey(seed), 1), t) (jaxdyn/engine/program.py). The experiment's step
     function and three engine steps against NumPy SGD on those rows; full-batch GD from the
     same start lands elsewhere."""
     d, n_train, n_test, batch, lam = 30, 64, 16, 8, 4.0

@@ -1,5 +1,5 @@
-"""relu.teacher_student (SCIENCE.md §3, seed 001) against independent float64 references, and
-the rate fits of jaxdyn.fits.
+"""relu.teacher_student (seed 001; see docs/science/relu.md) against independent float64
+references, and the rate fits of jaxdyn.fits.
 
 References: NumPy Monte Carlo of the loss and gradient; the seed's textbook closed forms
 (E[σ(uᵀx)σ(wᵀx)] = ‖u‖‖w‖J(cos θ)/(2π), ∇_{w_i} L = Σ_j g(w_i, w_j) − g(w_i, v)) in NumPy;
@@ -206,7 +206,7 @@ def test_small_angles_keep_their_precision():
 # ---- the engine runs it -------------------------------------------------------------------
 def _reference_start(seed, static, hp):
     """w(0), v (and X, y) as the engine draws them: PRNGKey(seed) folded with 0 for init and 2
-    for data (engine.py)."""
+    for data (jaxdyn/engine/program.py)."""
     key = jax.random.PRNGKey(seed)
     st = {**static, "dtype": jnp.float64}
     data = relu._make_data(jax.random.fold_in(key, 2), st)

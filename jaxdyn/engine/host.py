@@ -50,8 +50,9 @@ def use_cpu_cores() -> int | None:
     XLA's CPU client runs an elementwise kernel on one thread unless its arrays are large
     (from about 256 KiB, i.e. 65,536 float32 runs, it splits them): a chunk of cheap
     per-run steps used one core of two. One device per core and the chunk sharded over them
-    (as on several GPUs) uses them all: measured on the mean model, 2 cores, 16,384 runs,
-    1.3e8 -> 2.8e8 run·steps/s. Results do not depend on the device count (tested).
+    (as on several GPUs) uses them all: on 2 cores it roughly doubled the throughput of a
+    16,384-run mean-model chunk (figures in benchmarks/README.md, table of changes). Results
+    do not depend on the device count (tested).
 
     Not for programs that call LAPACK (``uses_lapack``): XLA's CPU client deadlocked with 2
     devices on an eigvalsh fed by a dot inside a conditional in a scan (the bottleneck's NTK
@@ -92,11 +93,11 @@ def reuse_freed_memory() -> bool:
 
     Each chunk's outputs (tens of MB) and the writer's Arrow buffers are allocated and freed
     once per chunk; above glibc's mmap threshold each allocation is a fresh mapping whose
-    pages fault in again on first touch. Measured with ``jaxdyn run`` on the mean model
-    (65,536 runs x 10,000 steps, 2 CPU devices, cold, on and off alternately, 3 each): wall
-    4.27 -> 4.01 s on average, the writer thread 1.20 -> 0.96 s busy. The resident memory
-    then stays at its peak, which a sweep reaches with its first chunks anyway. Off with
-    ``JAXDYN_MALLOPT=0``; nothing happens off glibc."""
+    pages fault in again on first touch. Keeping freed memory made a cold ``jaxdyn run`` of
+    a mean-model sweep a few percent faster on average and cut the writer thread's busy time
+    by about a fifth (on and off alternately; figures in benchmarks/README.md, table of
+    changes). The resident memory then stays at its peak, which a sweep reaches with its
+    first chunks anyway. Off with ``JAXDYN_MALLOPT=0``; nothing happens off glibc."""
     import ctypes
 
     if os.environ.get("JAXDYN_MALLOPT", "1") == "0" or platform.system() != "Linux":

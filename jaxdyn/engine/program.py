@@ -181,8 +181,8 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             # The state is frozen at its last finite value, so the last log point's unmasked
             # metrics are the final metrics, also of a diverged run (its values just before
             # it diverged). Probes are not part of them. Carried, not stacked per log point:
-            # measured on a mean-model chunk, XLA's temporaries 23.5 -> 7.2 MB and compile
-            # 1.87 -> 1.58 s, the same bits.
+            # on a mean-model chunk that cut XLA's temporaries to under a third and shortened
+            # the compile, with the same bits (figures in benchmarks/README.md).
             last = {k: m[k] for k in metric_keys}
             ys = {k: jnp.where(alive, v, jnp.nan) for k, v in m.items()}
             if save_params == "log":

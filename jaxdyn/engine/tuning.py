@@ -50,9 +50,10 @@ def choose_micro(runner: ChunkRunner, per_device: int) -> int | None:
 
     On a CPU a batch of runs whose temporaries spill out of the caches is memory bound:
     vmapping the bottleneck network (width 1000, batch 32) over 64 runs per device ran
-    3x slower per run than over 8 to 16. So where a device's share of a chunk needs more
-    than MICRO_TUNE_ABOVE_BYTES of temporaries (XLA's memory analysis of the step), the
-    step is timed with the whole share and at 8, 16, 32, ... runs per device, on every
+    several times slower per run than over 8 to 16 (figures in benchmarks/README.md, table
+    of changes). So where a device's share of a chunk needs more than
+    MICRO_TUNE_ABOVE_BYTES of temporaries (XLA's memory analysis of the step), the step is
+    timed with the whole share and at 8, 16, 32, ... runs per device, on every
     device at once, up to just past the peak, and the smallest size within
     MICRO_SATURATION of the best throughput is kept (None if that is the whole share).
     After the first two, measuring stops at MICRO_TUNE_BUDGET of the group's estimated

@@ -1,4 +1,5 @@
-"""The simplest three-layer network: a bottleneck of width k (SCIENCE.md §4; seed 003).
+"""The simplest three-layer network: a bottleneck of width k (seed 003; see
+docs/science/bottleneck.md).
 
 Data (``make_data``, once per chunk = per data seed, shared by all its runs): x ~ N(0, I_d),
 a random unit vector w* and the projections z* = w*ᵀx; labels y = g*(z*) = sin(ν·π·z*) are
@@ -181,12 +182,13 @@ def batch_grads(params, W, xb, yb, static, nu, want_w: bool = True):
     with the two column sums S₁ = Σ_n a (m,) and S_Z = aᵀ Z (m, k). ∂v comes from them
     because h = M ⊙ pre and pre = Z Uᵀ + b, so Σ_n r_n h_nm = Σ_n a_nm pre_nm: one pass
     over the (batch, width) activations fewer, which on a CPU is most of a step's cost
-    (measured, width 1000, batch 32, k = 1, 2 devices, micro-batches of 8: the step loop
-    alone 9.7e4 -> 1.5e5 run·steps/s, the engine's run function 9.7e4 -> 1.13e5). Equal to ``jax.grad(batch_loss)`` (tested against float64 NumPy) and
-    about twice as fast under vmap on CPU as autodiff, which reads the activations about
-    twice as often. For k > 1 the sums are one product Mᵀ [r, r ⊙ Z] (a never formed) and
-    ∂W comes from r ⊙ (M (U ⊙ v)): measured at k = 4, 2.3e4 -> 4.5e4 run·steps/s; for k = 1
-    the fused reductions of a were faster. Returns (∂W or None, ∂θ dict)."""
+    (at width 1000, batch 32, k = 1 on 2 CPU devices it sped up both the step loop alone
+    and the engine's run function). Equal to ``jax.grad(batch_loss)`` (tested against
+    float64 NumPy) and about twice as fast under vmap on CPU as autodiff, which reads the
+    activations about twice as often. For k > 1 the sums are one product Mᵀ [r, r ⊙ Z] (a
+    never formed) and ∂W comes from r ⊙ (M (U ⊙ v)): at k = 4 that roughly doubled the
+    throughput; for k = 1 the fused reductions of a were faster. The measured figures are in
+    benchmarks/README.md (table of changes). Returns (∂W or None, ∂θ dict)."""
     scale = 1.0 / xb.shape[0] if static["reduction"] == "mean" else 1.0
     if static["control"] == "fix_g":
         grads = jax.grad(lambda w: batch_loss(params, lambda _: w, xb, yb, static, nu))(W)

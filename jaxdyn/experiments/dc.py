@@ -1,5 +1,5 @@
 """Differential capability (DC): a single neuron trained with a Gompertz-law loss
-(SCIENCE.md §2; seed 000_898e9d6ee5480e55).
+(seed 000_898e9d6ee5480e55; see docs/science/dc.md).
 
 ``dc.neuron``. Data: m points in R², two Gaussian blobs with means ±sep·u (u a random unit
 vector per data seed), unit covariance, labels y = ±1 (m/2 each), optional label noise
@@ -134,7 +134,8 @@ def dc_b(p_d, r, c):
 
 
 def g_dc(z, d=0.0, p_d=0.5, r=1.0, c=0.0):
-    """The seed's convergence rate (eq. 4): g^DC(z) = d + (W0(b·e^{−z}) + z)/r, z = ln t.
+    """The seed's convergence rate (eq. 4 of seed 000; see docs/science/dc.md):
+    g^DC(z) = d + (W0(b·e^{−z}) + z)/r, z = ln t.
 
     Defined where b·e^{−z} ≥ −1/e, i.e. z ≥ 1 + ln(−b) (NaN below). Broadcasts over all
     arguments. ``dg/dz = 1/(r·(1 + W0(b·e^{−z})))`` → 1/r as z → ∞.

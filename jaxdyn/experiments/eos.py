@@ -1,15 +1,15 @@
-"""Edge of stability and threshold neurons (SCIENCE.md §1; seed 002).
+"""Edge of stability and threshold neurons (seed 002; see docs/science/eos.md).
 
-``eos.single_neuron`` (§1a): GD on f(x, y) = ℓ(x·y), ℓ convex, even, Lipschitz, ℓ''(0) = 1.
+``eos.single_neuron``: GD on f(x, y) = ℓ(x·y), ℓ convex, even, Lipschitz, ℓ''(0) = 1.
 Gradient flow conserves y² − x²; near the y-axis the sharpness is ≈ y². GD with step η
 converges near (0, sqrt(y0² − x0²)) when y0² − x0² < 2/η (gradient-flow regime); otherwise x
 bounces across the axis while y² shrinks until the sharpness is just below 2/η (EoS regime).
 
-``eos.threshold_relu`` (§1b): the three-parameter ReLU network
+``eos.threshold_relu``: the three-parameter ReLU network
 f(x) = Σ_i [a− σ(−x_i + b) + a+ σ(x_i + b)] on sparse-coding data x = λ·y·e_j + ξ, trained
 with the logistic loss. Large steps (EoS) drive the bias b negative: a threshold neuron.
 
-``eos.mean_model`` (§1c): gradient descent on the three parameters (a−, a+, b) of
+``eos.mean_model``: gradient descent on the three parameters (a−, a+, b) of
 
     F(a−, a+, b) = ℓ_sym(d·(a− + a+)·g(b)),
     ℓ_sym(s) = ½[log(1 + e^{−s}) + log(1 + e^{s})],   g(b) = E[σ(ξ + b)] = b·Φ(b) + φ(b).
@@ -68,7 +68,8 @@ def _mm_terms(params, d):
 
 
 def mean_model_grad(params, d):
-    """∇F in closed form, the same value as ``jax.grad(_mm_loss)`` at about half the cost.
+    """∇F in closed form, the same value as ``jax.grad(_mm_loss)`` at about half the cost
+    (figures in benchmarks/README.md, table of changes).
 
     With u = a− + a+, s = d·u·g(b), ℓ_sym'(s) = ½·tanh(s/2) and g'(b) = Φ(b):
 
@@ -124,8 +125,8 @@ def _mm_step(state, key, static, hp, data):
 
 def _mm_measure(state, static, hp, data):
     # closed forms sharing one erfc, exp and tanh: autodiff of the loss (and jax.hessian for
-    # the sharpness) compiled to ~10x the kernels, which cost more than the 100 steps between
-    # log points on a CPU
+    # the sharpness) compiled to many times the kernels, which on a CPU cost more than the
+    # steps between log points (figures in benchmarks/README.md, table of changes)
     p, d = state["params"], hp["d"]
     u, cdf, pdf, g, s, t = _mm_terms(p, d)
     sharp = mean_model_sharpness(p, d)

@@ -1,4 +1,4 @@
-"""Over-parameterized ReLU student, single-neuron teacher (SCIENCE.md §3; seed 001).
+"""Over-parameterized ReLU student, single-neuron teacher (seed 001; see docs/science/relu.md).
 
 Teacher σ(vᵀx) with ‖v‖ = 1, x ~ N(0, I_d); student f(x) = Σ_{i=1..n} σ(w_iᵀx); square loss
 
@@ -26,8 +26,8 @@ device (``mode = "empirical"``). The teacher v is a random unit vector from the 
 (``make_data``), so every run of a seed — both modes — learns the same teacher; the
 empirical samples come from the same key. Init w_i(0) ~ N(0, σ0²·I/d), σ0 = ``init_scale``,
 from the run's init key, so the two modes of one seed also start from the same w(0).
-Claimed (seed 001): n = 1 converges linearly (near the optimum the Hessian is I/2, so
-L ∝ (1 − η/2)^{2T}); n ≥ 2 converges at rate Θ(T⁻³).
+Claimed by seed 001 (see docs/science/relu.md): n = 1 converges linearly (near the optimum
+the Hessian is I/2, so L ∝ (1 − η/2)^{2T}); n ≥ 2 converges at rate Θ(T⁻³).
 """
 
 from __future__ import annotations
@@ -311,7 +311,8 @@ teacher_student = Experiment(
     # is d numbers that each run draws from its own data key (same key, same v). The engine
     # reads this (engine.shares_data): empirical-mode groups get make_data once per chunk and
     # are chunked per seed; population-mode groups are chunked across seeds, each run calling
-    # make_data itself (benchmarks/results/relu.md: 2.5x the run-steps/s of 8-run per-seed chunks).
+    # make_data itself (batched across seeds, population-mode runs were measured faster than
+    # in 8-run per-seed chunks; figures in benchmarks/README.md, table of changes).
     shares_data=lambda static: static["mode"] == "empirical",
     check=check_teacher_student,
 )

@@ -91,7 +91,8 @@ class Results:
         if isinstance(where, str) or (where is None and run_ids is not None):
             # DuckDB: prunes row groups on run_id statistics and decodes the other columns
             # only where the filter matches (pyarrow decodes whole row groups): a 20-run read
-            # of a 1e7-row table takes a fraction of the time and memory
+            # of a 1e7-row table takes a fraction of the time and memory (bench_query.py in
+            # benchmarks/README.md)
             sel = ", ".join(_sql_ident(c) for c in cols) if cols else "* EXCLUDE (sweep)"
             sql = f"SELECT {sel} FROM curves WHERE ({where or 'true'})"
             if run_ids is not None:
