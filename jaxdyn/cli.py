@@ -130,6 +130,8 @@ def cmd_query(args) -> int:
 
     if not args.sql:
         return _err("query: give the SQL as the last argument")
+    if args.max_rows < 1:
+        return _err(f"--max-rows: expected a positive integer, got {args.max_rows}")
     *names, sql = args.sql
     try:
         df = query(sql, sweeps=names or None, root=args.out)
@@ -386,7 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # options may come anywhere on a query line (jaxdyn query NAME --out DIR "SQL"):
+        # argparse stops a nargs="+" positional at the first option; the rest joins it
+        if args.cmd == "query" and not any(a.startswith("-") for a in extra):
+            args.sql += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.fn(args)
 
 

@@ -463,7 +463,7 @@ def parse(text: str, params_of, *, file: str | Path | None = None,
         expanding it; sweeps over :data:`MAX_RUNS` are always refused.
     """
     try:
-        doc = tomllib.loads(text)
+        doc = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark is not content
     except tomllib.TOMLDecodeError as e:
         raise SpecError(file, None, f"not valid TOML: {e}") from None
     for ov in overrides:
@@ -513,7 +513,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
         if k not in doc:
             raise SpecError(file, k, "missing required key")
     name = doc["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise SpecError(file, "name", f"expected a plain folder name (letters, digits, '_', "
                                       f"'-', '.'; no '/' or '..'), got {name!r}")
     exp = doc["experiment"]

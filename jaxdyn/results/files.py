@@ -28,6 +28,8 @@ class QueryError(JaxdynError, RuntimeError):
 
 def resolve(name_or_dir: str | Path, root: str | Path | None = None) -> Path:
     """A sweep folder from a name under ``root`` (default ``results/``) or a path."""
+    if not isinstance(name_or_dir, (str, Path)):
+        raise QueryError(f"expected a sweep name or folder, got {name_or_dir!r}")
     p = Path(name_or_dir)
     if (p / store.MANIFEST).exists():
         return p

@@ -26,10 +26,18 @@ def _folders(names, root) -> list[Path]:
     root = Path(root) if root is not None else DEFAULT_ROOT
     if isinstance(names, (str, Path)):
         names = [names]
+    elif names is not None and not isinstance(names, (list, tuple)):
+        raise QueryError(f"sweeps: expected a sweep name, a path or a list of them, got "
+                         f"{type(names).__name__}")
     names = list(names) if names else sweep_names(root)
     if not names:
         raise QueryError(f"no sweeps under {root}; run one with 'jaxdyn run SWEEP.toml'")
-    return [resolve(n, root) for n in names]
+    for n in names:
+        if not isinstance(n, (str, Path)):
+            raise QueryError(f"sweeps: expected names or paths, got {n!r}")
+    folders = [resolve(n, root) for n in names]
+    # a sweep named twice is read once (its rows are not doubled)
+    return list(dict.fromkeys(f.resolve() for f in folders))
 
 
 def connect(names: Sequence[str] | str | None = None,
@@ -187,4 +195,7 @@ def query(sql: str, sweeps: Sequence[str] | str | None = None,
           root: str | Path | None = None) -> pd.DataFrame:
     """Run one read-only SQL query over the views ``runs`` and ``curves`` of ``sweeps`` (names
     under ``root`` or folders; all sweeps under ``root`` when None) → DataFrame."""
+    if not isinstance(sql, str):
+        raise QueryError(f"sql: expected one SQL statement as a string, got "
+                         f"{type(sql).__name__}")
     return _run_readonly(_connect_folders(_folders(sweeps, root)), sql)

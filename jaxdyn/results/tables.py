@@ -73,6 +73,8 @@ class Results:
           run_ids: only these runs.
         """
         self.manifest
+        if isinstance(run_ids, str):  # one id, not its characters
+            run_ids = [run_ids]
         _, files = committed_parts(self.path)
         cols = None
         if columns is not None:
