@@ -17,6 +17,9 @@ point every 100 steps; each program logs the engine's seven metrics):
    reference. Its compile is timed separately, so it is reported both ways: end to end
    (compile + one call + logs to the host, what its author waits for) and steady (the
    fastest repeated call).
+
+   (a), (b) and (c) are ``jaxdyn bench``'s own baselines (``jaxdyn.bench.baselines``: the
+   same functions, here with ``--repeats`` timed passes and their per-pass detail).
 5. The long case: the engine and (c) again with ``--long-factor`` times the steps and the
    same number of log points (the same output), both cold: how the fixed costs (compile,
    the last chunk's write) amortise.
@@ -53,7 +56,10 @@ import jax  # noqa: E402
 # x64 on, as inside jaxdyn.run: the baselines run in the engine's mode (int64 loop counters)
 jax.config.update("jax_enable_x64", True)
 
-from jaxdyn.bench import LR_START, LR_STOP  # noqa: E402 - the same lr range as the suite
+from jaxdyn.bench.baselines import (LR_START, LR_STOP, baseline_hand_kernel,  # noqa: E402
+                                    baseline_python_loop, baseline_scan_per_run)
+from jaxdyn.bench.suites import sweep_toml as bench_sweep_toml  # noqa: E402
+from jaxdyn.bench.timing import _load as load_average  # noqa: E402
 SWEEP_NAME = "bench_engine_mean_model"
 
 # Targets (issue 8): engine end to end >= 80 % of the hand-written kernel, >= 3000x the
@@ -93,22 +99,11 @@ def parse_args(argv=None):
 # ---- 1. the engine, end to end -------------------------------------------------------------
 def sweep_toml(n_lr: int, seeds: int, steps: int, log_every: int, d: int,
                init_scale: float) -> str:
-    return f"""\
-name = "{SWEEP_NAME}"
-experiment = "eos.mean_model"
-description = "bench_engine.py: mean model, lr log-spaced over [{LR_START}, {LR_STOP}]"
-steps = {steps}
-seeds = {seeds}
-log = {{ every = {log_every} }}
-precision = "float32"
-
-[fixed]
-d = {d}
-init_scale = {init_scale!r}
-
-[grid]
-lr = {{ start = {LR_START!r}, stop = {LR_STOP!r}, num = {n_lr}, spacing = "log" }}
-"""
+    return bench_sweep_toml(
+        SWEEP_NAME, "eos.mean_model", steps, log_every, seeds,
+        {"d": d, "init_scale": init_scale},
+        {"lr": {"start": LR_START, "stop": LR_STOP, "num": n_lr, "spacing": "log"}},
+        description=f"bench_engine.py: mean model, lr log-spaced over [{LR_START}, {LR_STOP}]")
 
 
 def bench_engine(args, tmp: Path, label: str = "cold") -> dict:
@@ -161,116 +156,27 @@ def bench_engine(args, tmp: Path, label: str = "cold") -> dict:
     }
 
 
-# ---- shared pieces of the baselines --------------------------------------------------------
-def make_pieces(d: int, init_scale: float):
-    """(init, step, measure, run) of the mean model, as ``jaxdyn bench`` uses them: the
-    engine's initialisation and closed-form gradient, loss/b/a_sum logged."""
-    from jaxdyn.bench import _mm_pieces
-
-    return _mm_pieces(d, init_scale)
-
-
-def lr_values(n: int):
-    import numpy as np
-
-    return np.geomspace(LR_START, LR_STOP, max(n, 1)).astype(np.float32)
+# ---- 2.-4. the baselines: jaxdyn bench's own, with --repeats and their detail --------------
+def bench_a(args) -> dict:
+    """(a) Python loop around a jitted step: ``--a-runs`` runs of ``--a-steps`` steps."""
+    res = baseline_python_loop(args.a_runs, args.a_steps, args.log_every, d=args.d,
+                               init_scale=args.init_scale, repeats=args.repeats, detail=True)
+    del res["compile_s"]  # NaN (no separate compile): the .json stays strict JSON
+    return res
 
 
-# ---- 2. baseline (a): Python loop around a jitted step -------------------------------------
-def bench_a(args, pieces) -> dict:
-    import jax
-    import numpy as np
-
-    init, step, measure, _ = pieces
-    jstep, jmeasure, jinit = jax.jit(step), jax.jit(measure), jax.jit(init)
-    lrs = lr_values(args.a_runs)
-
-    def one_run(lr, seed, steps):
-        lr = np.float32(lr)
-        p = jinit(np.uint32(seed))
-        log = [jax.device_get(jmeasure(p, lr))]  # one transfer per log point
-        for i in range(1, steps + 1):
-            p = jstep(p, lr)
-            if i % args.log_every == 0 or i == steps:
-                log.append(jax.device_get(jmeasure(p, lr)))
-        return log
-
-    one_run(lrs[0], 0, min(args.a_steps, 2 * args.log_every))  # warm-up: compile everything
-    walls = []
-    for _ in range(max(1, args.repeats)):
-        t0 = time.perf_counter()
-        for r in range(args.a_runs):
-            one_run(lrs[r], r, args.a_steps)
-        walls.append(time.perf_counter() - t0)
-    wall = min(walls)
-    n = args.a_runs * args.a_steps
-    return {"runs": args.a_runs, "steps": args.a_steps, "wall_s": wall, "walls_s": walls,
-            "run_steps_per_s": n / wall}
+def bench_b(args) -> dict:
+    """(b) one jitted scan/fori_loop per run: ``--b-runs`` runs of ``--steps`` steps."""
+    return baseline_scan_per_run(args.b_runs, args.steps, args.log_every, d=args.d,
+                                 init_scale=args.init_scale, repeats=args.repeats,
+                                 detail=True)
 
 
-# ---- 3. baseline (b): one jitted scan/fori_loop per run ------------------------------------
-def bench_b(args, pieces) -> dict:
-    import jax
-    import numpy as np
-
-    *_, run = pieces
-    jrun = jax.jit(lambda lr, seed: run(lr, seed, args.steps, args.log_every))
-    lrs = lr_values(args.b_runs)
-    t0 = time.perf_counter()
-    jax.block_until_ready(jrun(lrs[0], np.uint32(0)))  # warm-up call: compiles
-    warm = time.perf_counter() - t0
-    walls = []
-    for _ in range(max(1, args.repeats)):
-        t0 = time.perf_counter()
-        for r in range(args.b_runs):
-            jax.device_get(jrun(lrs[r], np.uint32(r)))  # each run's logs to the host
-        walls.append(time.perf_counter() - t0)
-    wall = min(walls)
-    return {"runs": args.b_runs, "steps": args.steps, "wall_s": wall, "walls_s": walls,
-            "warmup_call_s": warm, "run_steps_per_s": args.b_runs * args.steps / wall}
-
-
-# ---- 4. baseline (c): hand-written jit(vmap) over all runs ---------------------------------
-def bench_c(args, pieces, runs: int) -> dict:
-    import jax
-    import numpy as np
-
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    *_, run = pieces
-    # the best a hand-written kernel can do here: sharded over every local device along the
-    # run axis, as the engine is (one device per CPU core when run like `jaxdyn run`)
-    sh = NamedSharding(Mesh(np.array(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
-    kernel = jax.jit(jax.vmap(lambda lr, seed: run(lr, seed, args.steps, args.log_every)),
-                     in_shardings=(sh, sh), out_shardings=sh)
-    seeds_n = max(1, min(args.seeds, runs))
-    lrs = np.repeat(lr_values(runs // seeds_n), seeds_n)
-    seeds = np.tile(np.arange(seeds_n, dtype=np.uint32), runs // seeds_n)
-    t0 = time.perf_counter()
-    compiled = kernel.lower(lrs, seeds).compile()
-    compile_s = time.perf_counter() - t0
-    lrs_d, seeds_d = jax.device_put(lrs, sh), jax.device_put(seeds, sh)
-    jax.block_until_ready((lrs_d, seeds_d))
-    t0 = time.perf_counter()
-    logs = jax.device_get(compiled(lrs_d, seeds_d))  # the first call, as its author runs it
-    first_s = time.perf_counter() - t0
-    del logs
-    walls = [first_s]
-    for _ in range(max(1, args.repeats) - 1):
-        t0 = time.perf_counter()
-        logs = jax.device_get(compiled(lrs_d, seeds_d))  # compute + logs to the host
-        walls.append(time.perf_counter() - t0)
-        del logs
-    wall = min(walls)
-    logs = jax.device_get(compiled(lrs_d, seeds_d))
-    n = len(lrs)
-    loss_final = np.asarray(logs[0])[:, -1]
-    return {"runs": n, "steps": args.steps, "wall_s": wall, "walls_s": walls,
-            "compile_s": compile_s, "first_call_s": first_s,
-            "end_to_end_s": compile_s + first_s,
-            "end_to_end_run_steps_per_s": n * args.steps / (compile_s + first_s),
-            "nonfinite_runs": int((~np.isfinite(loss_final)).sum()),
-            "run_steps_per_s": n * args.steps / wall}
+def bench_c(args, runs: int) -> dict:
+    """(c) hand-written jit(vmap) kernel over ``runs`` runs in one call, sharded over every
+    local device; ``--repeats`` calls in all, the first (end to end) included."""
+    return baseline_hand_kernel(runs, args.steps, args.log_every, seeds=args.seeds, d=args.d,
+                                init_scale=args.init_scale, repeats=args.repeats, detail=True)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -282,13 +188,6 @@ def git_rev() -> str | None:
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except Exception:  # noqa: BLE001 - no git is not an error
-        return None
-
-
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # not on every platform
         return None
 
 
@@ -412,16 +311,15 @@ def main(argv=None) -> int:
 
         import jax
 
-        pieces = make_pieces(args.d, args.init_scale)
         print(f"[bench] (a) Python loop: {args.a_runs} runs x {args.a_steps} steps ...",
               flush=True)
-        a = bench_a(args, pieces)
+        a = bench_a(args)
         print(f"[bench] (b) jitted loop per run: {args.b_runs} runs x {args.steps} steps ...",
               flush=True)
-        b = bench_b(args, pieces)
+        b = bench_b(args)
         print(f"[bench] (c) jit(vmap) kernel: {eng['runs']} runs x {args.steps} steps ...",
               flush=True)
-        c = bench_c(args, pieces, eng["runs"])
+        c = bench_c(args, eng["runs"])
         if args.long_factor > 1:
             la = argparse.Namespace(**{**vars(args), "steps": args.steps * args.long_factor,
                                        "log_every": args.log_every * args.long_factor,
@@ -430,8 +328,7 @@ def main(argv=None) -> int:
                   f"engine and (c), both cold ...", flush=True)
             long = {"factor": args.long_factor,
                     "engine": bench_engine(la, Path(tmp), label="long"),
-                    "baseline_c": bench_c(la, make_pieces(args.d, args.init_scale),
-                                          eng["runs"])}
+                    "baseline_c": bench_c(la, eng["runs"])}
 
     e_rate, w_rate = eng["run_steps_per_s"], warm["run_steps_per_s"]
     no_compile = (eng["runs"] * eng["steps"] / (eng["wall_s"] - eng["compile_s"])

@@ -287,7 +287,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """``jaxdyn bench``: the benchmark suite (jaxdyn/bench.py)."""
+    """``jaxdyn bench``: the benchmark suite (jaxdyn/bench/)."""
     from jaxdyn import bench, engine
 
     engine.use_cpu_cores()  # as `jaxdyn run` does; groups that call LAPACK keep one device

@@ -9,6 +9,8 @@ wrong into one :class:`ExperimentError` naming the function, the file and line, 
   with each dynamic value made concrete in turn), or read from ``static`` (a KeyError);
 - ``step`` returning a state of another structure, shape or dtype than ``init``'s;
 - ``measure`` returning other metrics than declared, or of other shapes;
+- a probe the sweep asks for writing a column that a metric (or another probe) already
+  writes (it would silently overwrite it);
 - a value refused by the experiment's ``check(static, hp)`` hook.
 
 It does not compile, run or write anything; the engine builds the programs.
@@ -120,8 +122,9 @@ def _describe(tree) -> dict:
             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_group(exp, static: dict, label: str) -> None:
-    """Trace one static group's functions on abstract values; ExperimentError on a breach."""
+def check_group(exp, static: dict, label: str, probes=()) -> None:
+    """Trace one static group's functions (and the sweep's ``(Probe, opts)`` pairs) on
+    abstract values; ExperimentError on a breach."""
     c = _Checker(exp, static, exp.dynamic_names, label)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     data = None
@@ -155,6 +158,18 @@ def check_group(exp, static: dict, label: str) -> None:
         if got[k] != shape:
             raise c.fail(f"metric {k!r} is declared with shape {shape} but measure returns "
                          f"shape {got[k]}; declare Metric({k!r}, shape={got[k]})")
+    taken = {k: "a metric" for k in got}
+    for probe, opts in probes:
+        out = c.call(f"probe {probe.name!r}",
+                     lambda hp, s, d, probe=probe, opts=opts: probe.fn(exp, s, static, hp, d,
+                                                                       opts),
+                     state, data, user=probe.fn)
+        clash = sorted(k for k in out if k in taken)
+        if clash:
+            raise c.fail(f"probe {probe.name!r} writes the column(s) {clash}, which "
+                         f"{taken[clash[0]]} of the experiment already writes; drop the probe "
+                         f"from the sweep's probes table (the column would be overwritten)")
+        taken.update({k: f"probe {probe.name!r}" for k in out})
 
 
 def check_values(exp, sweep) -> None:

@@ -240,7 +240,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     for sig in signatures:
         static = {**sig, "dtype": engine.DTYPES[sweep.precision], "steps": sweep.steps}
         label = ",".join(f"{k}={v}" for k, v in sig.items()) or "all"
-        contract.check_group(exp, static, label)
+        contract.check_group(exp, static, label, probes)
     try:
         # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
         wanted = engine.cpu_devices_wanted()

@@ -169,3 +169,19 @@ def test_api_raises_jaxdyn_errors(tmp_path):
     with pytest.raises(jaxdyn.JaxdynError, match="chunk_size"):
         jaxdyn.run(tmp_path / "s.toml", chunk_size=0)
     assert not (tmp_path / "res").exists()
+
+
+def test_probe_column_clashing_with_a_metric_is_refused(tmp_path, cli):
+    """A probe whose column has a metric's name would overwrite it silently; refused."""
+    (tmp_path / "exp.py").write_text(exp_file('''
+        def loss(params, static, hp, data):
+            return 0.5 * jnp.sum(params ** 2)
+
+        def sharp_probe(exp, state, static, hp, data, opts):
+            return {"loss": jnp.sum(state["w"])}
+        PROBE = jaxdyn.Probe("shadow", "clashes", sharp_probe, {"every": 1})
+        ''', probes="(PROBE,)"))
+    (tmp_path / "s.toml").write_text(SWEEP + "probes = { shadow = { every = 1 } }\n")
+    code, out, err = cli("run", tmp_path / "s.toml", "--out", tmp_path / "res", "--quiet")
+    assert code == 2 and "probe 'shadow' writes the column(s) ['loss']" in err, err
+    assert not (tmp_path / "res").exists()
