@@ -10,18 +10,20 @@ below computes the same thing per step and logs the same 5 losses per run: at st
 of seed s draws ``idx = randint(fold_in(fold_in(PRNGKey(s), 1), i), (64,), 0, 4096)``
 (torch: its own generator, one draw per seed), takes ``grad`` of the minibatch loss and
 applies adamw (decoupled weight decay: ``p <- p - lr * (adam(g) + wd * p)``). Measured in
-one process:
+one process, case by case (each case's programs one right after the other, since the host's
+load drifts):
 
 1. jaxdyn end to end: ``jaxdyn.run(sweep_dict, experiment=jaxdyn.supervised(...))`` with
-   ``JAXDYN_CACHE_DIR`` set to a fresh, empty directory at start, so the first case compiles
-   (and measures its micro-batch) cold; the wall time around the whole call is the end-to-end
-   figure (tracing, the contract checks, compile, the micro-batch tuner, compute, Parquet).
-   "Steady" is the same rate with the call's own ``compile_s`` and ``tune_s`` taken out; for
-   the 500-step cases the sweep is also run a second time into a new folder (compilation
-   cached, tuner result stored) as a check of that figure.
+   ``JAXDYN_CACHE_DIR`` set to a fresh, empty directory at start, so every case compiles
+   cold (and the first measures its micro-batch); the wall time around the whole call is the
+   end-to-end figure (tracing, the contract checks, compile, the micro-batch tuner, compute,
+   Parquet). "Steady" is the same rate with the call's own ``compile_s`` and ``tune_s``
+   taken out; for the 500-step cases the sweep also runs a second time into a new folder
+   (compilation cached, the tuner's result stored) as a check of that figure.
 2. (a) the same run as ONE jitted ``lax.scan`` over the steps (optax.adamw, the 5 losses by a
-   ``lax.cond`` at the log steps), called run after run for ``--a-runs`` runs; its compile is
-   timed apart and not counted in its rate (the strict reading for jaxdyn).
+   ``lax.cond`` at the log steps), called run after run for ``--a-runs`` runs (the fastest
+   of 2 passes); its compile is timed apart and not counted in its rate (the strict reading
+   for jaxdyn, whose compile is counted).
 3. (b) ``torch.func``: the N models' parameters stacked (``stack_module_state``),
    ``vmap(grad(functional_call))`` over them with each model's own (64, 32) minibatch
    (gathered per model every step), adamw written as in-place tensor ops on the stacked
@@ -30,22 +32,23 @@ one process:
    extrapolated from that per-step time plus the timed loss evaluations (torch compiles
    nothing, so its per-step cost does not depend on the run length).
 4. (c) a plain PyTorch loop per run: ``nn.Sequential``, ``torch.optim.AdamW``, ``--c-runs``
-   runs of every step count, extrapolated to the sweep.
+   runs of the case's step count (the fastest of 2 passes), extrapolated to the sweep.
 5. The float32 matmul ceiling (``jaxdyn.bench.measure_ceilings``: the best large product on
-   every CPU device at once) and the model's FLOPs: forward per sample
-   2 (32*128 + 128*128 + 128*1) = 41,216, a training step 3x forward x 64 samples = 7.9 MFLOP
-   (the figure the target is read against); each logged loss adds 4,096 forward passes
-   (169 MFLOP, i.e. ~21 steps' worth; shown apart).
-6. Where jaxdyn's time goes: the micro-batch the tuner picked (and the rates it measured, from
-   the tuner's file beside the compilation cache), and the step alone as ``jit(vmap)`` over
-   one micro-batch per device, in four variants timed by the difference of two loop lengths:
-   the full step; a fixed per-run batch (no randint, no gather); that with SGD instead of
-   adamw; randint + gather alone.
+   every CPU device at once, measured after the first case and at the end; the higher
+   counts) and the model's FLOPs: forward per sample 2 (32*128 + 128*128 + 128*1) = 41,216,
+   a training step 3x forward x 64 samples = 7.9 MFLOP (the figure the target is read
+   against); each logged loss adds 4,096 forward passes (169 MFLOP, ~21 steps' worth; shown
+   apart).
+6. Where jaxdyn's time goes: the micro-batch the tuner picked and the rates it measured (its
+   file beside the compilation cache, read after every case), and the step alone as
+   ``jit(vmap)`` over one micro-batch per device, in five variants (``bench_breakdown``):
+   the engine's step with the per-step "non-finite" flag of its fast path, without it, with
+   a fixed batch (no randint/gather), with SGD instead of adamw, and randint + gather alone.
 
 Threads: torch.set_num_threads(= CPU count); jaxdyn gives JAX one CPU device per core (it
 runs first in the process). The throughput unit is run-steps/s = runs x steps / wall seconds.
 
-    .venv/bin/python benchmarks/bench_own_model.py            # full: ~30 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_own_model.py            # full: ~20 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_own_model.py --quick    # smoke version, ~1 min
 
 Writes ``<out>/own_model.md`` (the table printed at the end) and ``<out>/own_model.json``.
@@ -55,20 +58,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-# a fresh, empty compilation cache before anything imports JAX: the first case is cold
-_CACHE = tempfile.mkdtemp(prefix="jaxdyn-own-model-cache-")
-os.environ["JAXDYN_CACHE_DIR"] = _CACHE
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
@@ -111,6 +112,8 @@ def parse_args(argv=None):
                     help="run the jaxdyn sweep a second time (cached) when steps <= this")
     ap.add_argument("--breakdown-steps", type=int, default=200,
                     help="loop length difference of the step breakdown's timings")
+    ap.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                    help="torch.set_num_threads (default: the CPU count)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke version: 32 runs x 100 steps, few baseline runs")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"),
@@ -201,7 +204,7 @@ def bench_jaxdyn(exp, runs: int, steps: int, out: Path, label: str) -> dict:
     st = dict(s.stats)
     fixed = (s.compile_s or 0.0) + st.get("tune_s", 0.0)
     rs = s.load().runs  # read back: every run is in the table
-    final = rs["train_loss"].median() if "train_loss" in rs.columns else float("nan")
+    final = rs["final_train_loss"].median()
     return {"label": label, "runs": runs, "steps": steps, "wall_s": wall,
             "engine_wall_s": s.wall_s, "compile_s": s.compile_s,
             "tune_s": st.get("tune_s"), "write_s": st.get("write_s"),
@@ -217,7 +220,7 @@ def bench_jaxdyn(exp, runs: int, steps: int, out: Path, label: str) -> dict:
 def tuner_table() -> dict:
     """The micro-batch tuner's measurements (run-steps/s per runs-per-device), from its file
     beside the compilation cache."""
-    f = Path(_CACHE) / "jaxdyn-micro-batch.json"
+    f = Path(os.environ["JAXDYN_CACHE_DIR"]) / "jaxdyn-micro-batch.json"
     try:
         table = json.loads(f.read_text())
     except (OSError, ValueError):
@@ -226,7 +229,10 @@ def tuner_table() -> dict:
 
 
 # ---- 2. baseline (a): one jitted lax.scan per run ------------------------------------------
-def bench_a(x, y, steps: int, n_runs: int) -> dict:
+def bench_a(x, y, steps: int, n_runs: int, compiled_by_steps: dict, repeats: int = 2
+            ) -> dict:
+    """``n_runs`` runs, one call each, of a run compiled once per step count (kept in
+    ``compiled_by_steps`` with its compile time); the fastest of ``repeats`` passes."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -260,27 +266,47 @@ def bench_a(x, y, steps: int, n_runs: int) -> dict:
     X, Y = jax.device_put(x), jax.device_put(y)
     todo = run_list(SEEDS * max(1, -(-n_runs // SEEDS)))[:n_runs]
     f32 = np.float32
-    t0 = time.perf_counter()
-    compiled = jax.jit(run).lower(f32(1e-3), f32(1e-4), np.uint32(0), X, Y).compile()
-    compile_s = time.perf_counter() - t0
+    if steps not in compiled_by_steps:
+        t0 = time.perf_counter()
+        compiled = jax.jit(run).lower(f32(1e-3), f32(1e-4), np.uint32(0), X, Y).compile()
+        compiled_by_steps[steps] = compiled, time.perf_counter() - t0
+    compiled, compile_s = compiled_by_steps[steps]
     jax.device_get(compiled(f32(1e-3), f32(1e-4), np.uint32(0), X, Y))  # warm-up call
-    t0 = time.perf_counter()
-    finals = []
-    for lr, wd, seed in todo:
-        finals.append(float(jax.device_get(compiled(f32(lr), f32(wd), np.uint32(seed), X,
-                                                    Y))[-1]))
-    wall = time.perf_counter() - t0
-    return {"runs": n_runs, "steps": steps, "wall_s": wall, "compile_s": compile_s,
-            "final_train_loss": finals, "run_steps_per_s": n_runs * steps / wall}
+    walls = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        finals = []
+        for lr, wd, seed in todo:
+            finals.append(float(jax.device_get(compiled(f32(lr), f32(wd), np.uint32(seed), X,
+                                                        Y))[-1]))
+        walls.append(time.perf_counter() - t0)
+    wall = min(walls)
+    return {"runs": n_runs, "steps": steps, "wall_s": wall, "walls_s": walls,
+            "compile_s": compile_s, "final_train_loss": finals,
+            "run_steps_per_s": n_runs * steps / wall}
 
 
 # ---- where jaxdyn's time goes: the step alone, jit(vmap) over one micro-batch per device -----
+BREAKDOWN = ("step + finite flag", "step", "fixed batch", "fixed batch, SGD",
+             "randint + gather")
+
+
 def bench_breakdown(x, y, micro: int, k_steps: int) -> dict:
-    """Run-steps/s of four variants of the step, each a ``fori_loop`` vmapped over ``micro``
+    """Run-steps/s of five variants of the step, each a ``fori_loop`` vmapped over ``micro``
     runs per device, on every device at once (sharded along the runs), timed as the
-    difference of a loop of 1 + k_steps and of 1 step."""
+    difference of a loop of 1 + k_steps steps and of 1 step (fastest of 3 each):
+
+    - step + finite flag: randint, gather, grad, optax.adamw, and the flag "the state left
+      the finite region" that jaxdyn's fast path keeps every step (an ``abs(x) < inf`` test
+      of every leaf of the new state, and-ed; it is what the engine runs);
+    - step: the same without the flag;
+    - fixed batch: a fixed per-run (64, 32) batch instead of randint + gather;
+    - fixed batch, SGD: that with ``p - lr g`` instead of adamw (forward + backward alone);
+    - randint + gather: the minibatch draw alone (summed into a bias so that it is kept).
+    """
     import jax
     import jax.numpy as jnp
+    import optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     devs = jax.local_devices()
@@ -289,55 +315,53 @@ def bench_breakdown(x, y, micro: int, k_steps: int) -> dict:
     sh = NamedSharding(Mesh(np.array(devs), ("runs",)), P("runs"))
     X, Y = jnp.asarray(x), jnp.asarray(y)
 
-    def adamw(p, g, s, lr, wd, t):
-        m, v = s
-        m = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, m, g)
-        v = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, v, g)
-        c1, c2 = 1 - B1 ** (t + 1.0), 1 - B2 ** (t + 1.0)
-        p = jax.tree.map(lambda p, m, v: p - lr * ((m / c1) / (jnp.sqrt(v / c2) + EPS)
-                                                    + wd * p), p, m, v)
-        return p, (m, v)
+    def finite(tree):  # jaxdyn's check: |x| < inf for every float leaf, and-ed
+        return functools.reduce(jnp.logical_and, [
+            jnp.all(jnp.abs(v) < float("inf")) for v in jax.tree.leaves(tree)
+            if jnp.issubdtype(v.dtype, jnp.inexact)])
 
-    def full(i, c, xb, yb, key):  # the engine's step: randint + gather + grad + adamw
-        p, s, lr, wd = c
+    def draw(i, key):
         idx = jax.random.randint(jax.random.fold_in(key, i), (BATCH,), 0, N_DATA)
-        p, s = adamw(p, jax.grad(mse)(p, X[idx], Y[idx]), s, lr, wd, i)
-        return p, s, lr, wd
+        return X[idx], Y[idx]
 
-    def fixed(i, c, xb, yb, key):  # the same with a fixed per-run batch: no gather
-        p, s, lr, wd = c
-        p, s = adamw(p, jax.grad(mse)(p, xb, yb), s, lr, wd, i)
-        return p, s, lr, wd
+    def adamw_step(st, batch, lr, wd):
+        g = jax.grad(mse)(st["params"], *batch)
+        u, o = optax.adamw(lr, weight_decay=wd).update(g, st["opt"], st["params"])
+        return {"params": optax.apply_updates(st["params"], u), "opt": o}
 
-    def fixed_sgd(i, c, xb, yb, key):  # forward + backward GEMMs and an SGD update
-        p, s, lr, wd = c
-        g = jax.grad(mse)(p, xb, yb)
-        return jax.tree.map(lambda p, g: p - lr * g, p, g), s, lr, wd
+    def step_flag(i, st, bad, lr, wd, xb, yb, key):
+        new = adamw_step(st, draw(i, key), lr, wd)
+        return new, bad | ~finite(new)
 
-    def gather(i, c, xb, yb, key):  # randint + gather alone (summed, so it is kept)
-        p, s, lr, wd = c
-        idx = jax.random.randint(jax.random.fold_in(key, i), (BATCH,), 0, N_DATA)
-        p = list(p)
-        p[-1] = {**p[-1], "b": p[-1]["b"] + 1e-9 * (X[idx].sum() + Y[idx].sum())}
-        return p, s, lr, wd
+    def step(i, st, bad, lr, wd, xb, yb, key):
+        return adamw_step(st, draw(i, key), lr, wd), bad
+
+    def fixed(i, st, bad, lr, wd, xb, yb, key):
+        return adamw_step(st, (xb, yb), lr, wd), bad
+
+    def fixed_sgd(i, st, bad, lr, wd, xb, yb, key):
+        g = jax.grad(mse)(st["params"], xb, yb)
+        return {**st, "params": jax.tree.map(lambda p, g: p - lr * g, st["params"], g)}, bad
+
+    def gather(i, st, bad, lr, wd, xb, yb, key):
+        xg, yg = draw(i, key)
+        return st, bad | (xg.sum() + yg.sum() > 1e30)
 
     def make(body):
-        def one(p, s, lr, wd, xb, yb, key, n):
-            return jax.lax.fori_loop(0, n, lambda i, c: body(i, c, xb, yb, key),
-                                     (p, s, lr, wd))[0]
-        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None)),
-                       in_shardings=(sh,) * 7 + (None,), out_shardings=sh)
+        def one(st, lr, wd, xb, yb, key, n):
+            return jax.lax.fori_loop(0, n, lambda i, c: body(i, *c, lr, wd, xb, yb, key),
+                                     (st, jnp.bool_(False)))
+        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)),
+                       in_shardings=(sh,) * 6 + (None,), out_shardings=sh)
 
     keys = jax.random.split(jax.random.PRNGKey(1), R)
     p = jax.vmap(mlp_init)(keys)
-    s = (jax.tree.map(jnp.zeros_like, p), jax.tree.map(jnp.zeros_like, p))
-    rng = np.random.default_rng(1)
-    idx = rng.integers(0, N_DATA, (R, BATCH))
-    args = jax.device_put((p, s, jnp.full((R,), 1e-3, jnp.float32),
+    st = {"params": p, "opt": jax.vmap(optax.adamw(1e-3).init)(p)}
+    idx = np.random.default_rng(1).integers(0, N_DATA, (R, BATCH))
+    args = jax.device_put((st, jnp.full((R,), 1e-3, jnp.float32),
                            jnp.full((R,), 1e-4, jnp.float32), x[idx], y[idx], keys), sh)
     out = {"micro": micro, "devices": nd, "runs": R, "k_steps": k_steps}
-    for name, body in [("full step", full), ("fixed batch", fixed),
-                       ("fixed batch, SGD", fixed_sgd), ("randint + gather", gather)]:
+    for name, body in zip(BREAKDOWN, (step_flag, step, fixed, fixed_sgd, gather)):
         f = make(body)
 
         def timed(n, f=f):
@@ -436,12 +460,23 @@ def bench_b(torch, x, y, runs: int, steps: int, b_steps: int) -> dict:
 
 
 # ---- 4. baseline (c): a PyTorch loop per run -------------------------------------------------
-def bench_c(torch, x, y, steps: int, n_runs: int) -> dict:
+def bench_c(torch, x, y, steps: int, n_runs: int, repeats: int = 2) -> dict:
+    """``n_runs`` runs one after the other; the fastest of ``repeats`` passes."""
+    walls = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        finals = _c_runs(torch, x, y, steps, n_runs)
+        walls.append(time.perf_counter() - t0)
+    wall = min(walls)
+    return {"runs": n_runs, "steps": steps, "wall_s": wall, "walls_s": walls,
+            "final_train_loss": finals, "run_steps_per_s": n_runs * steps / wall}
+
+
+def _c_runs(torch, x, y, steps: int, n_runs: int) -> list[float]:
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
     logged = set(int(s) for s in log_steps(steps))
     todo = run_list(SEEDS * max(1, -(-n_runs // SEEDS)))[:n_runs]
     finals = []
-    t0 = time.perf_counter()
     for lr, wd, seed in todo:
         torch.manual_seed(seed)
         model = torch_mlp(torch)
@@ -460,9 +495,7 @@ def bench_c(torch, x, y, steps: int, n_runs: int) -> dict:
                 with torch.no_grad():
                     losses.append(float(((model(X) - Y) ** 2).mean()))
         finals.append(losses[-1])
-    wall = time.perf_counter() - t0
-    return {"runs": n_runs, "steps": steps, "wall_s": wall, "final_train_loss": finals,
-            "run_steps_per_s": n_runs * steps / wall}
+    return finals
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -500,7 +533,9 @@ def report(res: dict) -> str:
         f"- date: {res['date']}; total benchmark time {res['total_s'] / 60:.1f} min",
         f"- jax {res['jax_version']} ({res['devices']}), torch {res['torch_version']} "
         f"({res['torch_threads']} threads), python {platform.python_version()}",
-        f"- host: {res['host']}; git: {res['git']}",
+        f"- host: {res['host']}; git: {res['git']}"
+        + ("" if res["git"] == res["git_at_start"] else
+           f" (at start: {res['git_at_start']}: the checkout changed during the run)"),
         f"- host load average (1/5/15 min) at start {res['load_start']}, at end "
         f"{res['load_end']} (other processes share this machine: read the ratios)",
         f"- sweep: lr in [{LR_RANGE[0]}, {LR_RANGE[1]}] x weight_decay in "
@@ -510,7 +545,8 @@ def report(res: dict) -> str:
         f"{BATCH} samples); each logged loss {EVAL_FLOPS / 1e6:.0f} MFLOP",
         f"- matmul ceiling: **{ceil['flop_per_s'] / 1e9:.1f} GFLOP/s** (float32, n = "
         f"{ceil['matmul_n']}, all {res['n_devices']} CPU devices at once, "
-        f"`jaxdyn.bench.measure_ceilings`)",
+        f"`jaxdyn.bench.measure_ceilings`; the higher of its runs at the start and the end: "
+        f"{', '.join(f'{v / 1e9:.1f}' for v in res['ceilings_measured'])})",
         "",
         "Run-steps/s (runs x steps / wall s); ratios are jaxdyn end to end (cold, compile "
         "and tuner included) / baseline; (a) without its compile; (b) and (c) compile nothing.",
@@ -549,7 +585,11 @@ def report(res: dict) -> str:
             f"{b['steps_timed']} steps timed ({b['wall_timed_s']:.1f} s, of which loss "
             f"evaluations {b['eval_s']:.1f} s); (c) {c['runs']} runs timed "
             f"({c['wall_s']:.1f} s); steady / (a) {case['ratios']['steady_over_a']:.2f}, "
-            f"/ (b) {case['ratios']['steady_over_b']:.2f}")
+            f"/ (b) {case['ratios']['steady_over_b']:.2f}, / (c) "
+            f"{case['ratios']['steady_over_c']:.2f}; median final train_loss jaxdyn "
+            f"{e['final_train_loss_median']:.4f}, (b) {b['final_train_loss_median']:.4f}"
+            f"{' (of its ' + str(b['steps_timed']) + ' steps)' if b['extrapolated'] else ''}"
+            f"; load average {case['load_start'][0]} -> {case['load_end'][0]}")
     t = res["targets"]
     lines += [
         "",
@@ -567,44 +607,50 @@ def report(res: dict) -> str:
         "Where the time goes:",
         "",
     ]
-    tun = res["tuner"]
-    for key, v in tun.items():
-        rates = ", ".join(f"{k}: {fmt(r)}" for k, r in sorted(v.get("rates", {}).items(),
-                                                             key=lambda kv: int(kv[0])))
-        lines.append(f"- micro-batch tuner (runs vmapped together per device -> measured "
-                     f"run-steps/s, both devices at once): {rates or 'not measured'} "
-                     f"(stopped: {v.get('ended')}; temporaries "
-                     f"{v.get('temp_per_run', 0) / 1024:.0f} KiB per run); picked "
-                     f"{res['micro_picked']}")
+    for case in res["cases"]:
+        e, a_rate = case["jaxdyn"], case["a"]["run_steps_per_s"]
+        tun = case.get("tuner") or {}
+        if not tun:
+            continue
+        rates = ", ".join(f"{k}: {fmt(r)} ({r / a_rate:.2f}x (a))"
+                          for k, r in sorted(tun.get("rates", {}).items(),
+                                             key=lambda kv: int(kv[0])))
+        lines.append(f"- micro-batch tuner after {e['runs']} x {e['steps']} (tuned "
+                     f"{e['tune_s']:.1f} s in this call; runs vmapped together per device: "
+                     f"measured run-steps/s of the step loop, both devices at once, and "
+                     f"against this case's (a)): {rates or 'not measured'} (stopped: "
+                     f"{tun.get('ended')}; temporaries {tun.get('temp_per_run', 0) / 1024:.0f} "
+                     f"KiB per run); picked {'/'.join(map(str, e['micro_batch']))}")
     bd = res["breakdown"]
-    us = {k: 1e6 / bd[k] * bd["devices"] for k in ("full step", "fixed batch",
-                                                    "fixed batch, SGD", "randint + gather")}
-    full = us["full step"]
+    us = {k: 1e6 / bd[k] * bd["devices"] for k in BREAKDOWN}  # per run-step, one device
+    eng = us["step + finite flag"]
+    gemm = us["fixed batch, SGD"]
     per_dev_ceil = ceil["flop_per_s"] / bd["devices"]
     lines += [
-        f"- the step alone, `jit(vmap)` over {bd['micro']} runs per device on all "
-        f"{bd['devices']} devices (run-steps/s; us per run-step on one device): full step "
-        f"{fmt(bd['full step'])} ({us['full step']:.1f} us); fixed batch (no randint/gather) "
-        f"{fmt(bd['fixed batch'])} ({us['fixed batch']:.1f} us); fixed batch + SGD "
-        f"{fmt(bd['fixed batch, SGD'])} ({us['fixed batch, SGD']:.1f} us); randint + gather "
-        f"alone {fmt(bd['randint + gather'])} ({us['randint + gather']:.1f} us)",
-        f"- so per step: randint + gather ~{100 * (full - us['fixed batch']) / full:.0f} % "
-        f"(by difference; {100 * us['randint + gather'] / full:.0f} % timed alone), adamw "
-        f"~{100 * (us['fixed batch'] - us['fixed batch, SGD']) / full:.0f} %, forward + "
-        f"backward (batched GEMMs and their elementwise ops) + SGD "
-        f"~{100 * us['fixed batch, SGD'] / full:.0f} %; the GEMM part alone runs at "
-        f"{STEP_FLOPS / (us['fixed batch, SGD'] * 1e-6) / 1e9:.1f} GFLOP/s per device = "
-        f"{100 * STEP_FLOPS / (us['fixed batch, SGD'] * 1e-6) / per_dev_ceil:.0f} % of a "
-        f"device's share of the ceiling; the full step at "
-        f"{100 * bd['full step'] * STEP_FLOPS / ceil['flop_per_s']:.0f} %",
+        f"- the step alone, `jit(vmap)` over {bd['micro']} runs per device (the micro-batch "
+        f"picked) on all {bd['devices']} devices at once; run-steps/s (us per run-step on "
+        f"one device): " + "; ".join(f"{k} {fmt(bd[k])} ({us[k]:.1f} us)" for k in BREAKDOWN),
+        f"- shares of the engine's step ({eng:.1f} us): the per-step finite flag "
+        f"~{100 * (eng - us['step']) / eng:.0f} %, randint + gather "
+        f"~{100 * (us['step'] - us['fixed batch']) / eng:.0f} % (by difference; "
+        f"{100 * us['randint + gather'] / eng:.0f} % timed alone), adamw "
+        f"~{100 * (us['fixed batch'] - gemm) / eng:.0f} %, forward + backward (batched GEMMs "
+        f"with their bias/ReLU/loss elementwise ops) + SGD ~{100 * gemm / eng:.0f} %",
+        f"- forward + backward alone runs at {STEP_FLOPS / (gemm * 1e-6) / 1e9:.1f} GFLOP/s "
+        f"per device = {100 * STEP_FLOPS / (gemm * 1e-6) / per_dev_ceil:.0f} % of a device's "
+        f"share of the ceiling; the step without the flag at "
+        f"{100 * bd['step'] * STEP_FLOPS / ceil['flop_per_s']:.0f} % of the ceiling, with "
+        f"it (what the engine runs) "
+        f"{100 * bd['step + finite flag'] * STEP_FLOPS / ceil['flop_per_s']:.0f} %",
         "- jaxdyn's own overheads per case are in the details above (compile, tuner, "
         "Parquet); the 5 full-data losses cost 5 x 169 MFLOP per run (21 % on top of the "
         "training FLOPs at 500 steps, 2 % at 5,000), counted in the parenthesised % column",
         "",
-        f"Method: (a) {cfg['a_runs']} runs per step count (the first runs of the sweep's "
-        f"lr-major order), compile excluded; (b) all runs of the case over min(steps, "
-        f"{cfg['b_steps']}) steps, longer cases extrapolated as per-step time x steps + the "
-        f"timed evaluations; (c) {cfg['c_runs']} runs per step count, all steps; jaxdyn "
+        f"Method: (a) {cfg['a_runs']} runs per case (the first runs of the sweep's "
+        f"lr-major order), compile excluded, the faster of 2 passes; (b) all runs of the case "
+        f"over min(steps, {cfg['b_steps']}) steps, longer cases extrapolated as per-step time "
+        f"x steps + the timed evaluations; (c) {cfg['c_runs']} runs per case, all steps, the "
+        f"faster of 2 passes; jaxdyn "
         f"steady = runs x steps / (wall - compile_s - tune_s) of the cold call; the second "
         f"call (500-step cases) runs the same sweep into a new folder on the filled cache.",
         "",
@@ -612,92 +658,97 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _log(msg: str) -> None:
+    print(f"[bench] {msg} (load {load_average()})", flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # a fresh, empty compilation cache before jaxdyn's first call: every case compiles cold
+    cache = tempfile.mkdtemp(prefix="jaxdyn-own-model-cache-")
+    os.environ["JAXDYN_CACHE_DIR"] = cache
     t_start = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
+    git_start = git_rev()
     x, y = make_data()
     out_root = Path(tempfile.mkdtemp(prefix="jaxdyn-own-model-out-"))
     exp = jaxdyn.supervised(
         "own_mlp", init=lambda key, hp: mlp_init(key),
         loss=lambda params, batch, hp: mse(params, *batch), data=(x, y),
         batch_size=BATCH, lr=1e-3, doc="bench_own_model.py: MLP 32-128-128-1")
+    ceil_runs: list[dict] = []
+    breakdown = None
+    a_compiled: dict[int, tuple] = {}
     cases = []
-    # jaxdyn first, before any other JAX work in the process (one CPU device per core)
+    # Case by case, each program right after the other (the host's load drifts): jaxdyn
+    # cold first (the first call of all is the process's first JAX work, so jaxdyn gives JAX
+    # one CPU device per core), then its second call, (a), (b), (c).
     for runs, steps in itertools.product(args.runs, args.steps):
-        print(f"[bench] jaxdyn {runs} runs x {steps} steps, cold ...", flush=True)
-        e = bench_jaxdyn(exp, runs, steps, out_root, f"{runs}x{steps}")
-        print(f"[bench]   {e['wall_s']:.1f} s, {fmt(e['run_steps_per_s'])} run-steps/s, "
-              f"compile {e['compile_s']:.2f} s, tuner {e['tune_s']:.2f} s, micro "
-              f"{e['micro_batch']}", flush=True)
-        w = None
+        case: dict = {"load_start": load_average()}
+        _log(f"jaxdyn {runs} runs x {steps} steps, cold")
+        e = case["jaxdyn"] = bench_jaxdyn(exp, runs, steps, out_root, f"{runs}x{steps}")
+        case["tuner"] = next(iter(tuner_table().values()), None)  # as this call left it
+        _log(f"  {e['wall_s']:.1f} s, {fmt(e['run_steps_per_s'])} run-steps/s (steady "
+             f"{fmt(e['steady_run_steps_per_s'])}), compile {e['compile_s']:.2f} s, tuner "
+             f"{e['tune_s']:.2f} s, micro {e['micro_batch']}")
+        case["jaxdyn_warm"] = None
         if steps <= args.warm_max_steps:
-            print("[bench]   again, into a new folder (cached) ...", flush=True)
-            w = bench_jaxdyn(exp, runs, steps, out_root, f"{runs}x{steps}_warm")
-            print(f"[bench]   {w['wall_s']:.1f} s, {fmt(w['run_steps_per_s'])} run-steps/s",
-                  flush=True)
-        cases.append({"jaxdyn": e, "jaxdyn_warm": w})
+            _log("  again, into a new folder (compilation cached)")
+            w = case["jaxdyn_warm"] = bench_jaxdyn(exp, runs, steps, out_root,
+                                                   f"{runs}x{steps}_warm")
+            _log(f"  {w['wall_s']:.1f} s, {fmt(w['run_steps_per_s'])} run-steps/s")
+        import torch  # after jaxdyn's first call: JAX has started as jaxdyn wants
+
+        torch.set_num_threads(args.torch_threads)
+        if not ceil_runs:
+            from jaxdyn.bench import measure_ceilings
+
+            _log("matmul ceiling")
+            ceil_runs.append(measure_ceilings())
+            _log(f"  {ceil_runs[-1]['flop_per_s'] / 1e9:.1f} GFLOP/s")
+            micro = next((m for m in e["micro_batch"] if m), 8)
+            _log(f"step breakdown, {micro} runs per device")
+            breakdown = bench_breakdown(x, y, micro, args.breakdown_steps)
+        _log(f"(a) jitted scan per run: {args.a_runs} runs x {steps} steps")
+        case["a"] = bench_a(x, y, steps, args.a_runs, a_compiled)
+        _log(f"  {fmt(case['a']['run_steps_per_s'])} run-steps/s")
+        n = min(steps, args.b_steps)
+        _log(f"(b) torch.func ensemble: {runs} runs x {n} steps")
+        case["b"] = bench_b(torch, x, y, runs, steps, args.b_steps)
+        _log(f"  {fmt(case['b']['run_steps_per_s'])} run-steps/s")
+        _log(f"(c) torch loop per run: {args.c_runs} runs x {steps} steps")
+        case["c"] = bench_c(torch, x, y, steps, args.c_runs)
+        _log(f"  {fmt(case['c']['run_steps_per_s'])} run-steps/s")
+        case["load_end"] = load_average()
+        cases.append(case)
+    from jaxdyn.bench import measure_ceilings
+
+    _log("matmul ceiling again")
+    ceil_runs.append(measure_ceilings())
+    _log(f"  {ceil_runs[-1]['flop_per_s'] / 1e9:.1f} GFLOP/s")
+    ceil = max(ceil_runs, key=lambda c: c["flop_per_s"])  # the higher: the stricter target
 
     import jax
 
-    from jaxdyn.bench import measure_ceilings
-
-    print("[bench] matmul ceiling ...", flush=True)
-    ceil = measure_ceilings()
-    print(f"[bench]   {ceil['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-    picked = sorted({m for c in cases for m in c["jaxdyn"]["micro_batch"]})
-    micro = next((m for m in picked if m), 8)
-    print(f"[bench] step breakdown, {micro} runs per device ...", flush=True)
-    breakdown = bench_breakdown(x, y, micro, args.breakdown_steps)
-    a_by_steps = {}
-    for steps in args.steps:
-        print(f"[bench] (a) jitted scan per run: {args.a_runs} runs x {steps} steps ...",
-              flush=True)
-        a_by_steps[steps] = bench_a(x, y, steps, args.a_runs)
-        print(f"[bench]   {fmt(a_by_steps[steps]['run_steps_per_s'])} run-steps/s", flush=True)
-
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    b_by_runs, c_by_steps = {}, {}
-    for runs in args.runs:
-        n = min(max(args.steps), args.b_steps)
-        print(f"[bench] (b) torch.func ensemble: {runs} runs x {n} steps ...", flush=True)
-        b_by_runs[runs] = bench_b(torch, x, y, runs, n, n)
-        print(f"[bench]   {fmt(b_by_runs[runs]['run_steps_per_s'])} run-steps/s", flush=True)
-    for steps in args.steps:
-        print(f"[bench] (c) torch loop per run: {args.c_runs} runs x {steps} steps ...",
-              flush=True)
-        c_by_steps[steps] = bench_c(torch, x, y, steps, args.c_runs)
-        print(f"[bench]   {fmt(c_by_steps[steps]['run_steps_per_s'])} run-steps/s", flush=True)
-
     targets = {"over_a": {}, "over_b": {}, "over_c": {}, "ceiling": {}}
     for case in cases:
-        e = case["jaxdyn"]
-        runs, steps = e["runs"], e["steps"]
-        a = case["a"] = a_by_steps[steps]
-        bt = b_by_runs[runs]  # rescaled to this case's step count
-        wall_b = (bt["wall_timed_s"] - bt["eval_s"]) / bt["steps_timed"] * steps + bt["eval_s"]
-        b = case["b"] = {**bt, "steps": steps, "wall_s": wall_b,
-                         "extrapolated": bt["steps_timed"] < steps,
-                         "run_steps_per_s": runs * steps / wall_b}
-        c = case["c"] = c_by_steps[steps]
+        e, a, b, c = (case[k] for k in ("jaxdyn", "a", "b", "c"))
         rate, steady = e["run_steps_per_s"], e["steady_run_steps_per_s"]
         case["ratios"] = {"over_a": rate / a["run_steps_per_s"],
                           "over_b": rate / b["run_steps_per_s"],
                           "over_c": rate / c["run_steps_per_s"],
                           "steady_over_a": steady / a["run_steps_per_s"],
-                          "steady_over_b": steady / b["run_steps_per_s"]}
+                          "steady_over_b": steady / b["run_steps_per_s"],
+                          "steady_over_c": steady / c["run_steps_per_s"]}
         case["steady_flop_per_s"] = steady * STEP_FLOPS
         case["steady_ceiling"] = steady * STEP_FLOPS / ceil["flop_per_s"]
-        n_evals = len(log_steps(steps))
+        n_evals = len(log_steps(e["steps"]))
         case["steady_ceiling_with_evals"] = steady * (
-            STEP_FLOPS + n_evals * EVAL_FLOPS / steps) / ceil["flop_per_s"]
-        label = f"{runs}x{steps}"
-        targets["over_a"][label] = case["ratios"]["over_a"]
-        targets["over_b"][label] = case["ratios"]["over_b"]
-        targets["over_c"][label] = case["ratios"]["over_c"]
+            STEP_FLOPS + n_evals * EVAL_FLOPS / e["steps"]) / ceil["flop_per_s"]
+        label = f"{e['runs']}x{e['steps']}"
+        for k in ("over_a", "over_b", "over_c"):
+            targets[k][label] = case["ratios"][k]
         targets["ceiling"][label] = case["steady_ceiling"]
     targets["over_a_met"] = all(v >= TARGET_A for v in targets["over_a"].values())
     targets["ceiling_met"] = all(v >= TARGET_CEIL for v in targets["ceiling"].values())
@@ -712,15 +763,16 @@ def main(argv=None) -> int:
         "n_devices": len(jax.local_devices()),
         "host": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
         "git": git_rev(),
+        "git_at_start": git_start,
         "load_start": load_start,
         "load_end": load_average(),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "flops": {"forward_per_sample": FWD_FLOPS, "train_step": STEP_FLOPS,
                   "loss_eval": EVAL_FLOPS},
         "ceilings": ceil,
+        "ceilings_measured": [c["flop_per_s"] for c in ceil_runs],
         "cases": cases,
-        "tuner": tuner_table(),
-        "micro_picked": picked,
+        "micro_picked": sorted({m for c in cases for m in c["jaxdyn"]["micro_batch"]}),
         "breakdown": breakdown,
         "targets": targets,
     }
@@ -733,6 +785,8 @@ def main(argv=None) -> int:
     (out / f"{NAME}.md").write_text(md)
     (out / f"{NAME}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(f"[bench] wrote {out / (NAME + '.md')} and {out / (NAME + '.json')}")
+    shutil.rmtree(out_root, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     return 0
 
 
