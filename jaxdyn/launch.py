@@ -238,8 +238,8 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     contract.check_values(exp, sweep)
     signatures = engine.static_signatures(sweep, exp)
     for sig in signatures:
-        static = {**sig, "dtype": engine.DTYPES[sweep.precision], "steps": sweep.steps}
-        label = ",".join(f"{k}={v}" for k, v in sig.items()) or "all"
+        static = engine.group_static(sweep, sig)
+        label = engine.group_label(sig)
         contract.check_group(exp, static, label, probes)
     try:
         # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
@@ -338,16 +338,15 @@ def _params_layout(sweep: Sweep, exp, signatures) -> dict:
 
     out = {}
     for sig in signatures:
-        static = {**sig, "dtype": engine.DTYPES[sweep.precision], "steps": sweep.steps}
-        dyn = {k: jax.ShapeDtypeStruct((), jax.numpy.float64) for k in exp.dynamic_names}
-        seed = jax.ShapeDtypeStruct((), jax.numpy.uint32)
+        static = engine.group_static(sweep, sig)
+        dyn, seed = engine.abstract_run_inputs(exp)
         data = None
         if exp.make_data is not None and engine.shares_data(exp, static):
             data = jax.eval_shape(lambda: exp.make_data(engine.data_key(0), static))
         state = jax.eval_shape(lambda d, s, x: engine.run_setup(exp, static, d, s, x)[3],
                                dyn, seed, data)
         leaves = jax.tree_util.tree_flatten_with_path(exp.params_of_state(state))[0]
-        label = ",".join(f"{k}={v}" for k, v in sig.items()) or "all"
+        label = engine.group_label(sig)
         out[label] = [{"path": jax.tree_util.keystr(p), "column": param_column(
             jax.tree_util.keystr(p)), "shape": list(v.shape), "dtype": str(v.dtype)}
             for p, v in leaves]

@@ -31,7 +31,7 @@ import inspect
 import math
 from typing import Any, Mapping
 
-from jaxdyn.spec import Param
+from jaxdyn.sweep_types import Param
 
 #: the static hyperparameters this module adds to a sweep that names an optimizer/schedule
 OPTIMIZER, SCHEDULE = "optimizer", "schedule"

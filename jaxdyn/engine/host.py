@@ -14,10 +14,10 @@ import os
 import platform
 
 import jax
-import jax.numpy as jnp
 
 from jaxdyn.engine.plan import static_signatures
-from jaxdyn.engine.program import DTYPES, equations, make_run_fn
+from jaxdyn.engine.program import abstract_run_inputs, equations, make_run_fn
+from jaxdyn.engine.program import group_static as program_group_static
 from jaxdyn.experiments.base import Experiment
 from jaxdyn.spec import Sweep
 
@@ -34,11 +34,10 @@ def uses_lapack(sweep: Sweep, exp: Experiment, probes=()) -> bool:
 
 
 def group_uses_lapack(exp: Experiment, sweep: Sweep, group_static: dict, probes=()) -> bool:
-    static = {**group_static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
+    static = program_group_static(sweep, group_static)
     run = make_run_fn(exp, static, sweep.log.steps(sweep.steps), probes,
                       diverge_above=sweep.diverge_above)
-    dyn = {k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names}
-    seed = jax.ShapeDtypeStruct((), jnp.uint32)
+    dyn, seed = abstract_run_inputs(exp)
     jaxpr = jax.make_jaxpr(lambda d, s: run(d, s, None))(dyn, seed)
     return any(eqn.primitive.name in LAPACK_PRIMITIVES for eqn in equations(jaxpr.jaxpr))
 

@@ -33,6 +33,11 @@ class Group:
     runs: list[Run]
 
 
+def group_label(signature: dict) -> str:
+    """A group's label (the runs table's ``group`` column): ``k=v,...``, or ``all``."""
+    return ",".join(f"{k}={v}" for k, v in signature.items()) or "all"
+
+
 def plan_groups(sweep: Sweep, exp: Experiment, runs: Sequence[Run]) -> list[Group]:
     names = exp.static_names
     by_sig: dict[tuple, list[Run]] = {}
@@ -42,7 +47,7 @@ def plan_groups(sweep: Sweep, exp: Experiment, runs: Sequence[Run]) -> list[Grou
     for i, (sig, rs) in enumerate(sorted(by_sig.items(), key=lambda kv: repr(kv[0]))):
         if shares_data(exp, dict(zip(names, sig))):  # chunks never span seeds
             rs = sorted(rs, key=lambda r: r.seed)
-        label = ",".join(f"{n}={v}" for n, v in zip(names, sig)) or "all"
+        label = group_label(dict(zip(names, sig)))
         groups.append(Group(i, label, dict(zip(names, sig)), rs))
     return groups
 

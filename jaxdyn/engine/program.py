@@ -32,6 +32,19 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 RUN_AXIS = "run"
 
 
+def group_static(sweep: Sweep, signature: dict) -> dict:
+    """The ``static`` dict every function of a group sees: its static hyperparameters, the
+    sweep's ``dtype`` and ``steps``."""
+    return {**signature, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
+
+
+def abstract_run_inputs(exp: Experiment) -> tuple[dict, jax.ShapeDtypeStruct]:
+    """One run's inputs as abstract values, for tracing without running: the dynamic
+    hyperparameters (float64, as ``run_arrays`` gives them) and the seed (uint32)."""
+    return ({k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names},
+            jax.ShapeDtypeStruct((), jnp.uint32))
+
+
 def _all_finite(tree, bound: float = float("inf")) -> jax.Array:
     """True iff every float leaf is finite and below ``bound`` in absolute value.
     (|x| < bound is False for NaN and, with bound = inf, for ±inf: one reduction per leaf.)"""

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxdyn.engine import tuning
 from jaxdyn.engine.host import device_memory_bytes, group_uses_lapack
 from jaxdyn.engine.plan import RUNS_PER_DEVICE_MULTIPLE, Group, _round_up
-from jaxdyn.engine.program import (DTYPES, RUN_AXIS, data_key, make_run_fn, micro_batched,
+from jaxdyn.engine.program import (RUN_AXIS, data_key, group_static, make_run_fn, micro_batched,
                                    run_arrays, shares_data)
 from jaxdyn.experiments.base import Experiment
 from jaxdyn.spec import Run, Sweep
@@ -38,7 +38,7 @@ class ChunkRunner:
     def __init__(self, exp: Experiment, sweep: Sweep, group: Group, probes=(),
                  micro_batch: int | None = None):
         self.exp, self.sweep, self.group = exp, sweep, group
-        self.static = {**group.static, "dtype": DTYPES[sweep.precision], "steps": sweep.steps}
+        self.static = group_static(sweep, group.static)
         self.log_steps = sweep.log.steps(sweep.steps)
         self.devices = jax.local_devices()
         if (len(self.devices) > 1 and self.devices[0].platform == "cpu"

@@ -22,7 +22,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdyn.engine.plan import RUNS_PER_DEVICE_MULTIPLE, _round_up
-from jaxdyn.engine.program import data_key, equations, run_arrays, run_setup
+from jaxdyn.engine.program import (abstract_run_inputs, data_key, equations, run_arrays,
+                                   run_setup)
 from jaxdyn.experiments.base import Experiment
 
 if TYPE_CHECKING:
@@ -111,8 +112,7 @@ def tuning_key(runner: ChunkRunner) -> str:
 def largest_step_value(exp: Experiment, static: dict, shared: bool) -> int:
     """Bytes of the largest value one step of one run computes, from the step's jaxpr on
     abstract inputs (nothing is compiled or run)."""
-    dyn = {k: jax.ShapeDtypeStruct((), jnp.float64) for k in exp.dynamic_names}
-    seed = jax.ShapeDtypeStruct((), jnp.uint32)
+    dyn, seed = abstract_run_inputs(exp)
     data = (jax.eval_shape(lambda: exp.make_data(jax.random.PRNGKey(0), static))
             if shared else None)
     hp, k_step, data, state = jax.eval_shape(
