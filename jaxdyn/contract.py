@@ -36,15 +36,19 @@ def _where(fn) -> str:
 
 
 def _located(exc: BaseException, fn) -> str:
-    """``file:line`` of the innermost traceback frame in ``fn``'s file, else the innermost
-    frame outside JAX and jaxdyn."""
+    """``file:line`` of the innermost traceback frame in the user's own code (outside
+    jaxdyn and installed packages), else in ``fn``'s file, else the innermost frame."""
     frames = traceback.extract_tb(exc.__traceback__)
     file = getattr(getattr(fn, "__code__", None), "co_filename", None)
     here = Path(__file__).resolve().parent
-    mine = [f for f in frames if file and f.filename == file]
-    if not mine:
-        mine = [f for f in frames if "/jax/" not in f.filename and "/jaxlib/" not in f.filename
-                and not Path(f.filename).resolve().is_relative_to(here)]
+
+    def users(f):
+        p = Path(f.filename)
+        return (p.is_file() and "site-packages" not in p.parts and "dist-packages" not in p.parts
+                and not p.resolve().is_relative_to(here))
+
+    mine = [f for f in frames if users(f)] or [f for f in frames if file and
+                                                f.filename == file]
     f = (mine or frames)[-1] if (mine or frames) else None
     return f"{f.filename}:{f.lineno}" if f else _where(fn)
 
