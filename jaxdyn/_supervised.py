@@ -28,6 +28,11 @@ Data are shared, never copied per run: arrays are constants of the compiled prog
 copy per device); a callable ``data(key, static) -> pytree`` is called once per chunk with the
 seed's data key (runs of a seed share it, ``make_data``).
 
+Precision: ``jaxdyn.run`` traces with JAX's x64 mode on, so an array made without a dtype
+(``jax.random.normal(key, shape)``) is float64 inside a sweep and float32 outside it: draw
+data with ``static["dtype"]`` (and parameters with ``hp["dtype"]``) to get the same numbers
+when you rebuild them in a notebook. Parameters are cast to the sweep's precision anyway.
+
 Models: any pytree whose inexact-array leaves are the parameters; other leaves (activation
 functions of an Equinox module, Python ints) are kept as they are, outside the traced state,
 as ``equinox.partition`` does. Flax Linen's variable dicts are plain pytrees.
@@ -78,7 +83,7 @@ def supervised(name: str, *, init: Callable, loss: Callable, data, val_data=None
     Args:
       name: the experiment's name (``jaxdyn list``, the manifest).
       init: ``init(key, hp) -> model``; ``hp`` holds every hyperparameter, static ones as
-        Python values, dynamic ones traced.
+        Python values, dynamic ones traced, and ``dtype`` (the sweep's precision).
       loss: ``loss(model, batch, hp) -> scalar``, the mean loss of a batch (a pytree of arrays
         with a leading sample axis, like ``data``).
       data: the training set, a pytree of arrays with a common leading axis of ``n`` samples;
@@ -140,7 +145,7 @@ def supervised(name: str, *, init: Callable, loss: Callable, data, val_data=None
         return out
 
     def cfg(static, hp):
-        return {**{k: static[k] for k in static_names}, **hp}
+        return {**{k: static[k] for k in static_names}, "dtype": static["dtype"], **hp}
 
     def _init(key, static, hp, d):
         model = init(key, cfg(static, hp))

@@ -228,6 +228,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
 
     The run count is computed from the counts before anything is expanded: more than
     ``max_runs`` (when given) or than :data:`MAX_RUNS` raises :class:`TooManyRuns`."""
+    doc = dict(doc)  # the optimizer keys rewrite top-level entries: never the caller's dict
     for k in doc:
         if k not in SCHEMA_KEYS:
             raise SpecError(file, k, f"unknown key; expected one of {list(SCHEMA_KEYS)}"

@@ -69,7 +69,9 @@ def test_multi_process_union_equals_single_process(n_proc, write_sweep, tmp_path
 def test_second_run_on_same_folder_is_refused(write_sweep, tmp_path):
     """A second `jaxdyn run` of the same sweep and folder is refused while the first runs;
     the first completes untouched."""
-    path = write_sweep(SWEEP.format(num=400).replace("steps = 1500", "steps = 20000"))
+    # long enough (a few seconds alone, more under a parallel suite) that the first still
+    # holds the lock when the second, which traces and checks its experiment first, asks
+    path = write_sweep(SWEEP.format(num=400).replace("steps = 1500", "steps = 400000"))
     env = {**os.environ, "JAXDYN_CACHE_DIR": str(tmp_path / "cache")}
     first = subprocess.Popen([sys.executable, "-m", "jaxdyn", "run", str(path), "--out",
                               str(tmp_path), "--chunk-size", "32", "--quiet"], cwd=ROOT,

@@ -17,31 +17,35 @@ import jaxdyn
 D_IN, N_TRAIN, N_VAL, TEACHER_WIDTH = 8, 256, 128, 4
 
 
-def teacher(key):
+def teacher(key, dtype):
     """The seed's teacher: a random ReLU network of width TEACHER_WIDTH."""
-    return jax.random.normal(jax.random.fold_in(key, 0), (D_IN, TEACHER_WIDTH)) / jnp.sqrt(D_IN)
+    w = jax.random.normal(jax.random.fold_in(key, 0), (D_IN, TEACHER_WIDTH), dtype)
+    return w / jnp.sqrt(D_IN)
 
 
-def labelled(key, inputs_key, n):
-    x = jax.random.normal(inputs_key, (n, D_IN))
-    return x, jnp.sum(jax.nn.relu(x @ teacher(key)), axis=1, keepdims=True)
+def labelled(key, inputs_key, n, dtype=jnp.float32):
+    # every draw names its dtype: jaxdyn.run traces in x64 mode, so a draw without one would
+    # be float64 there and float32 in a notebook (other numbers)
+    x = jax.random.normal(inputs_key, (n, D_IN), dtype)
+    return x, jnp.sum(jax.nn.relu(x @ teacher(key, dtype)), axis=1, keepdims=True)
 
 
 def train_data(key, static):
-    return labelled(key, jax.random.fold_in(key, 1), N_TRAIN)
+    return labelled(key, jax.random.fold_in(key, 1), N_TRAIN, static["dtype"])
 
 
 def val_data(key, static):  # the same teacher, fresh inputs
-    return labelled(key, jax.random.fold_in(key, 2), N_VAL)
+    return labelled(key, jax.random.fold_in(key, 2), N_VAL, static["dtype"])
 
 
 def init(key, hp):
     """He-initialised two-layer ReLU network of width ``hp["width"]``."""
     k1, k2 = jax.random.split(key)
     w = hp["width"]
-    return {"w1": jax.random.normal(k1, (D_IN, w)) * jnp.sqrt(2.0 / D_IN),
-            "b1": jnp.zeros(w),
-            "w2": jax.random.normal(k2, (w, 1)) * jnp.sqrt(1.0 / w)}
+    dt = hp["dtype"]
+    return {"w1": jax.random.normal(k1, (D_IN, w), dt) * jnp.sqrt(2.0 / D_IN),
+            "b1": jnp.zeros(w, dt),
+            "w2": jax.random.normal(k2, (w, 1), dt) * jnp.sqrt(1.0 / w)}
 
 
 def predict(params, x):

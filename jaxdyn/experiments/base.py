@@ -95,7 +95,10 @@ class Experiment:
         their data themselves (``make_data`` is then called inside each run).
 
     ``static`` is a dict of the static hyperparameters plus ``dtype`` (the sweep's precision)
-    and ``steps``; ``hp`` a dict of the dynamic ones as traced scalars of ``dtype``.
+    and ``steps``; ``hp`` a dict of the dynamic ones as traced scalars of ``dtype``. The
+    functions are traced with JAX's x64 mode on (for float32 sweeps too): make every array
+    with ``static["dtype"]`` — an array made without a dtype would be float64 inside a sweep
+    and float32 when you rebuild it in a notebook.
 
     Example (a user file, run with ``experiment = "mine.py:QUADRATIC"``)::
 
