@@ -26,6 +26,7 @@ def _err(msg: str) -> int:
 def cmd_run(args) -> int:
     from jaxdyn.launch import run
     from jaxdyn.spec import JaxdynError
+    from jaxdyn.store import DAMAGED
 
     if args.chunk_size is not None and args.chunk_size <= 0:
         return _err(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
@@ -60,6 +61,11 @@ def cmd_run(args) -> int:
         f"with compute; the sweep waited {duration(st.get('write_wait_s', 0.0))} for it",
         f"tables     {s.folder / 'runs'}  {s.folder / 'curves'}",
     ]
+    if s.repaired:
+        lines.insert(2, f"repaired   {len(s.repaired)} damaged part(s) moved to "
+                        f"{s.folder / DAMAGED}, their runs run again: "
+                        + "; ".join(f"{n}: {why}" for n, why in list(s.repaired.items())[:3])
+                        + (" ..." if len(s.repaired) > 3 else ""))
     print("\n".join(lines))
     return 0
 
@@ -126,7 +132,10 @@ def _file_experiments(path: str):
 
 
 def cmd_query(args) -> int:
+    import warnings
+
     from jaxdyn.results import QueryError, query
+    from jaxdyn.results.files import DamagedPartsWarning
 
     if not args.sql:
         return _err("query: give the SQL as the last argument")
@@ -134,9 +143,13 @@ def cmd_query(args) -> int:
         return _err(f"--max-rows: expected a positive integer, got {args.max_rows}")
     *names, sql = args.sql
     try:
-        df = query(sql, sweeps=names or None, root=args.out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedPartsWarning)
+            df = query(sql, sweeps=names or None, root=args.out)
     except QueryError as e:
         return _err(str(e))
+    for w in caught:
+        print(f"jaxdyn: warning: {w.message}", file=sys.stderr)
     fmt = args.format
     try:
         if fmt == "parquet":
@@ -204,30 +217,51 @@ def cmd_status(args) -> int:
     import json
 
     from jaxdyn.results import QueryError, resolve, sweep_names, sweep_status
+    from jaxdyn.store import DAMAGED
 
     names = args.names or sweep_names(args.out)
     if not names:
         print(f"no sweeps under {args.out}")
         return 0
-    try:
-        for n in names:
-            resolve(n, args.out)  # an unknown name fails before anything is printed
-        infos = [sweep_status(n, args.out) for n in names]
-    except QueryError as e:
-        return _err(str(e))
+    if args.names:
+        try:
+            for n in names:
+                resolve(n, args.out)  # an unknown name fails before anything is printed
+        except QueryError as e:
+            return _err(str(e))
+    infos, failed = [], 0
+    for n in names:  # one unreadable sweep does not hide the others
+        try:
+            infos.append(sweep_status(n, args.out))
+        except QueryError as e:
+            if args.names:  # named: an error (after the others are shown)
+                failed += 1
+                print(f"jaxdyn: error: {e}", file=sys.stderr)
+            else:
+                infos.append({"name": str(n), "state": "unreadable", "error": str(e)})
     if args.json:
         print(json.dumps(infos, indent=2, default=str))
-        return 0
+        return EXIT_USAGE if failed else 0
     blocks = []
     for s in infos:
+        if s["state"] == "unreadable":
+            blocks.append(f"{s['name']}  unreadable\n  error     {s['error']}")
+            continue
         total = s["runs_total"]
         pct = f" ({100 * s['runs_done'] / total:.1f}%)" if total else ""
         lines = [f"{s['name']}  ({s['experiment']})  {s['state']}",
                  f"  runs      {s['runs_done']:,} of {total:,} done{pct}, "
                  f"{s['diverged']:,} diverged, {s['parts']:,} parts"]
-        if s["damaged_parts"]:
-            lines.append(f"  damaged   {len(s['damaged_parts'])} unreadable runs parts: "
-                         f"{', '.join(s['damaged_parts'][:3])}")
+        bad = {**s["damaged_parts"], **s["orphan_parts"]}
+        if bad:
+            lines.append(f"  damaged   {len(bad)} part(s): " + "; ".join(
+                f"{n}: {why}" for n, why in list(bad.items())[:3]) + (" ..." if len(bad) > 3
+                                                                     else ""))
+            lines.append(f"  repair    {s['resume']}  (moves them to damaged/ and runs their "
+                         f"runs again)")
+        if s["moved_to_damaged"]:
+            lines.append(f"  repaired  {len(s['moved_to_damaged'])} damaged part(s) were "
+                         f"moved to {Path(s['folder']) / DAMAGED} and their runs run again")
         if s["processes"] or s["writer_pids"]:
             ch = f"chunks {s['chunks_done']:,} of {s['chunks_total']:,} (this launch)"
             if s["state"] == "running":
@@ -262,8 +296,9 @@ def cmd_status(args) -> int:
             lines.append(f"  resume    {s['resume']}")
         lines.append(f"  file      {s['file']['text']}")
         blocks.append("\n".join(lines))
-    print("\n\n".join(blocks))
-    return 0
+    if blocks:
+        print("\n\n".join(blocks))
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_plot(args) -> int:

@@ -36,7 +36,8 @@ class RunSummary:
     done and skipped), ``diverged`` (of the runs run now); ``wall_s`` and ``compile_s``;
     ``duplicates`` (runs of repeated grid points dropped); ``process_index`` and
     ``process_count`` of a multi-process run; ``moved_aside`` (where ``force`` moved older
-    results); ``stats``, the engine's full summary (chunks, micro-batch, writer time,
+    results); ``repaired`` (``{part name: why}``: parts found damaged on resume, moved to
+    ``<folder>/damaged/``, their runs run again); ``stats``, the engine's full summary (chunks, micro-batch, writer time,
     compiled programs, run·steps/s).
     """
 
@@ -53,6 +54,7 @@ class RunSummary:
     process_index: int = 0
     process_count: int = 1
     moved_aside: Path | None = None
+    repaired: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
     def load(self):
@@ -226,6 +228,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     import numpy as np
 
     from jaxdyn import contract, engine
+    from jaxdyn import store as store_mod
     from jaxdyn.store import StoreError, SweepStore
 
     setup_compilation_cache()
@@ -297,6 +300,9 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
         raise StoreError(msg)
     if store.moved_aside and not quiet:
         print(f"[jaxdyn] previous results moved to {store.moved_aside}", file=sys.stderr)
+    if store.repaired and not quiet:
+        print(f"[jaxdyn] {len(store.repaired)} damaged part(s) moved to "
+              f"{store.dir / store_mod.DAMAGED}; their runs are run again", file=sys.stderr)
     bar = progress or Progress(sweep, quiet)
     try:
         s = engine.run_sweep(sweep, exp, store, chunk_size=chunk_size,
@@ -316,7 +322,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
                       runs_done_before=s["runs_done_before"], diverged=s["diverged"],
                       wall_s=s["wall_s"], compile_s=s["compile_s"],
                       duplicates=sweep.duplicates, process_index=pi, process_count=pc,
-                      moved_aside=store.moved_aside, stats=s)
+                      moved_aside=store.moved_aside, repaired=dict(store.repaired), stats=s)
 
 
 def _cpu_backend_started_small() -> bool:

@@ -3,8 +3,10 @@
     <out>/<name>/manifest.json          the sweep as run, its hash, versions, device, git rev
     <out>/<name>/runs/part-*.parquet    one row per run
     <out>/<name>/curves/part-*.parquet  one row per (run_id, logged step)
+    <out>/<name>/damaged/               parts found damaged on resume, moved aside
 
-A chunk's two parts share one file name. Each is written under a hidden temporary name,
+A chunk's two parts share one file name, which carries each part's row count (the per-part
+record, written atomically with the part by its rename). Each is written under a hidden temporary name,
 fsynced and renamed into place, curves first, runs last: a runs part is the commit record of
 its chunk. On open, leftovers of a killed writer (temporary files, a curves part without its
 runs part) are removed, and the runs already in ``runs/`` are skipped. Readers (pyarrow,
@@ -25,6 +27,7 @@ import re
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +60,103 @@ PART_GLOB = "part-*.parquet"
 PART_GROUP_RE = re.compile(r"^part-(g\d+)-")
 PROGRESS_GLOB = "progress-*.json"
 TMP_PREFIX = ".tmp-"
+#: where resume moves parts that fail their check (``damaged/<table>/<part name>``)
+DAMAGED = "damaged"
+#: the row counts in a part name: ``-r<runs rows>c<curves rows>[p<params rows>].parquet``
+PART_ROWS_RE = re.compile(r"-r(\d+)c(\d+)(?:p(\d+))?\.parquet$")
 
 
-def part_name(group_index: int, process_index: int, first_run_id: str) -> str:
+def part_name(group_index: int, process_index: int, first_run_id: str,
+              rows: dict[str, int] | None = None) -> str:
     """A chunk's part file name (the same in runs/, curves/ and params/): its group, the
-    process that wrote it, its first run_id and a random suffix."""
+    process that wrote it, its first run_id, a random suffix and (``rows``: ``{table: row
+    count}``) the row count of each of its parts, which resume checks against the files."""
+    counts = ""
+    if rows is not None:
+        counts = f"-r{rows[RUNS]}c{rows[CURVES]}" + (f"p{rows[PARAMS]}" if PARAMS in rows
+                                                      else "")
     return (f"part-g{group_index:03d}-p{process_index}-{first_run_id}-"
-            f"{uuid.uuid4().hex[:6]}.parquet")
+            f"{uuid.uuid4().hex[:6]}{counts}.parquet")
+
+
+def part_rows(name: str) -> dict[str, int] | None:
+    """The row counts a part name records (``None`` for names written before they did)."""
+    m = PART_ROWS_RE.search(name)
+    if not m:
+        return None
+    rows = {RUNS: int(m.group(1)), CURVES: int(m.group(2))}
+    if m.group(3) is not None:
+        rows[PARAMS] = int(m.group(3))
+    return rows
+
+
+@dataclass
+class PartCheck:
+    """What :func:`check_parts` found in a sweep folder.
+
+    ``run_ids`` maps each sound runs part to its run_ids, ``statuses`` to its ``status``
+    column; ``damaged`` maps a chunk's part name to why it failed (unreadable footer, a row
+    count other than its name records, a missing sibling part, runs already in another
+    part); ``orphans`` are curves/params parts whose runs part (the commit) is absent."""
+
+    run_ids: dict[str, list] = field(default_factory=dict)
+    statuses: dict[str, list] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
+    orphans: dict[str, list] = field(default_factory=dict)  # name -> [tables]
+
+    @property
+    def done(self) -> set:
+        return {r for ids in self.run_ids.values() for r in ids}
+
+
+def _footer_rows(path: Path) -> int:
+    return pq.read_metadata(path).num_rows
+
+
+def check_parts(folder: str | Path, *, with_status: bool = False) -> PartCheck:
+    """Open every part's footer (cheap: no data pages but the runs parts' ``run_id``) and
+    check it against the row counts its name records; nothing is changed on disk."""
+    folder = Path(folder)
+    out = PartCheck()
+    names = {t: {p.name for p in (folder / t).glob(PART_GLOB)} for t in TABLES}
+    seen: dict[str, str] = {}
+    for name in sorted(names[RUNS]):
+        rows = part_rows(name)
+        try:
+            f = pq.ParquetFile(folder / RUNS / name)
+            n = f.metadata.num_rows
+            if rows is not None and n != rows[RUNS]:
+                raise ValueError(f"runs part has {n} rows, its name records {rows[RUNS]}")
+            cols = ["run_id", "status"] if with_status else ["run_id"]
+            tbl = f.read(columns=cols)
+            for t in (CURVES, PARAMS):
+                want = None if rows is None else rows.get(t)
+                if t == CURVES or want is not None:
+                    if name not in names[t]:
+                        raise ValueError(f"its {t} part is missing")
+                if name in names[t]:
+                    m = _footer_rows(folder / t / name)
+                    if want is not None and m != want:
+                        raise ValueError(f"{t} part has {m} rows, its name records {want}")
+        except FileNotFoundError:
+            continue  # moved away while we looked (a concurrent --force)
+        except (pa.ArrowInvalid, OSError, ValueError) as e:
+            out.damaged[name] = str(e).splitlines()[0]
+            continue
+        ids = tbl.column("run_id").to_pylist()
+        dup = next((r for r in ids if r in seen), None)
+        if dup is not None:
+            out.damaged[name] = f"holds runs already in {seen[dup]} (run {dup})"
+            continue
+        for r in ids:
+            seen[r] = name
+        out.run_ids[name] = ids
+        if with_status:
+            out.statuses[name] = tbl.column("status").to_pylist()
+    for t in (CURVES, PARAMS):
+        for name in sorted(names[t] - names[RUNS]):
+            out.orphans.setdefault(name, []).append(t)
+    return out
 
 
 def progress_name(process_index: int) -> str:
@@ -91,15 +184,41 @@ def is_sweep_folder(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def committed_parts(folder: str | Path, *tables: str) -> tuple[list[Path], ...]:
+def _looks_whole(path: Path) -> bool:
+    """A Parquet file's magic bytes at both ends (one small read): a truncated part fails."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            return head == b"PAR1" and f.read(4) == b"PAR1"
+    except FileNotFoundError:
+        return True  # moved away meanwhile: the reader says so
+    except OSError:
+        return False
+
+
+def committed_parts(folder: str | Path, *tables: str,
+                    skipped: list | None = None) -> tuple[list[Path], ...]:
     """A consistent snapshot of a sweep's part files: the runs parts present now, then the
     parts of the other ``tables`` (default curves) of those same chunks only — never a part
-    whose chunk is not committed (a chunk's runs part is renamed into place last)."""
+    whose chunk is not committed (a chunk's runs part is renamed into place last). A chunk
+    with a truncated part (or a missing curves part) is left out of every table; its name is
+    appended to ``skipped`` (``jaxdyn run`` moves it aside and re-runs its runs)."""
     folder = Path(folder)
+    tables = tables or (CURVES,)
     runs = sorted((folder / RUNS).glob(PART_GLOB))
+    present = {t: {p.name for p in (folder / t).glob(PART_GLOB)} for t in tables}
+    bad = set()
+    for p in runs:
+        if (not _looks_whole(p) or (CURVES in present and p.name not in present[CURVES])
+                or any(p.name in present[t] and not _looks_whole(folder / t / p.name)
+                       for t in tables)):
+            bad.add(p.name)
+    if skipped is not None:
+        skipped.extend(sorted(bad))
+    runs = [p for p in runs if p.name not in bad]
     names = {p.name for p in runs}
-    others = [sorted(p for p in (folder / t).glob(PART_GLOB) if p.name in names)
-              for t in (tables or (CURVES,))]
+    others = [sorted(folder / t / n for n in present[t] & names) for t in tables]
     return (runs, *others)
 
 
@@ -189,6 +308,9 @@ class SweepStore:
         self._lock_fd: int | None = None
         self.process_index = 0
         self.moved_aside: Path | None = None
+        #: what :meth:`open` moved to ``damaged/``: ``{part name: why}``
+        self.repaired: dict[str, str] = {}
+        self._done: set[str] | None = None
 
     # ---- opening ------------------------------------------------------------------------
     def open(self, sweep, manifest_extra: dict | None = None, *, force: bool = False) -> None:
@@ -205,32 +327,56 @@ class SweepStore:
         self._refuse_symlinks()
         self._lock()
         man_path = self.dir / MANIFEST
-        if man_path.exists():
-            old = self.manifest()
-            src_old = (old.get("experiment_source") or {}).get("sha256")
-            src_new = ((manifest_extra or {}).get("experiment_source") or {}).get("sha256")
-            if old.get("hash") != sweep.hash or src_old != src_new:
+        why_replace = None
+        if man_path.exists() or man_path.is_symlink():
+            try:
+                old = read_manifest(self.dir)
+            except StoreError as e:
                 if not force:
                     self.close()
-                    if old.get("hash") != sweep.hash:
+                    raise StoreError(f"{e}. Pass --force to move the folder aside (nothing "
+                                     f"is deleted) and start again, or use another --out"
+                                     ) from None
+                old, why_replace = None, "unreadable manifest"
+            if old is not None:
+                src_old = (old.get("experiment_source") or {}).get("sha256")
+                src_new = ((manifest_extra or {}).get("experiment_source") or {}).get("sha256")
+                if old.get("hash") != sweep.hash or src_old != src_new:
+                    if not force:
+                        self.close()
+                        if old.get("hash") != sweep.hash:
+                            raise StoreError(
+                                f"{self.dir} holds results of a different sweep file (hash "
+                                f"{old.get('hash')}, this one {sweep.hash}). Give the sweep a "
+                                f"new 'name', use --out, or pass --force to move the old "
+                                f"results aside and start again.")
+                        file = ((manifest_extra or {}).get("experiment_source") or {}
+                                ).get("file")
                         raise StoreError(
-                            f"{self.dir} holds results of a different sweep file (hash "
-                            f"{old.get('hash')}, this one {sweep.hash}). Give the sweep a new "
-                            f"'name', use --out, or pass --force to move the old results "
-                            f"aside and start again.")
-                    file = ((manifest_extra or {}).get("experiment_source") or {}).get("file")
-                    raise StoreError(
-                        f"{self.dir} holds results of this sweep made by another version of "
-                        f"its experiment code ({file or 'the experiment'}: sha256 "
-                        f"{str(src_old)[:12]} then, {str(src_new)[:12]} now). Resuming would "
-                        f"mix the two; give the sweep a new 'name', use --out, or pass "
-                        f"--force to move the old results aside and start again.")
-                aside = self.root / moved_aside_name(self.name)
-                n = 1
-                while aside.exists():  # --force twice within a second
-                    aside, n = self.root / f"{moved_aside_name(self.name)}-{n}", n + 1
-                os.replace(self.dir, aside)
-                self.moved_aside = aside
+                            f"{self.dir} holds results of this sweep made by another version "
+                            f"of its experiment code ({file or 'the experiment'}: sha256 "
+                            f"{str(src_old)[:12]} then, {str(src_new)[:12]} now). Resuming "
+                            f"would mix the two; give the sweep a new 'name', use --out, or "
+                            f"pass --force to move the old results aside and start again.")
+                    why_replace = "different sweep"
+        elif self.dir.is_dir() and any(self.dir.iterdir()):
+            # parts without a manifest: whose they are is unknown, so they are never adopted
+            n = sum(1 for t in TABLES for _ in (self.dir / t).glob(PART_GLOB))
+            if not force:
+                self.close()
+                raise StoreError(
+                    f"{self.dir} exists without its {MANIFEST} ({n} part files in it): it "
+                    f"may hold another sweep's results, so they are not adopted. Pass "
+                    f"--force to move the folder aside (nothing is deleted) and start "
+                    f"again, or use another --out")
+            why_replace = "no manifest"
+        if why_replace is not None:
+            aside = self.root / moved_aside_name(self.name)
+            n = 1
+            while aside.exists():  # --force twice within a second
+                aside, n = self.root / f"{moved_aside_name(self.name)}-{n}", n + 1
+            os.replace(self.dir, aside)
+            self.moved_aside = aside
         try:
             (self.dir / RUNS).mkdir(parents=True, exist_ok=True)
             (self.dir / CURVES).mkdir(parents=True, exist_ok=True)
@@ -255,6 +401,7 @@ class SweepStore:
             self.close()
             raise StoreError(f"cannot write to {self.dir}: {e.strerror}") from None
         self._cleanup()
+        self._repair()
 
     def join(self, sweep, process_index: int) -> None:
         """Open the folder as process ``process_index`` > 0 of a multi-process run, after
@@ -264,7 +411,7 @@ class SweepStore:
         self._lock(lock_name(self.name, process_index))
         try:
             man = self.manifest()
-        except (OSError, ValueError):
+        except StoreError:
             self.close()
             raise StoreError(f"{self.dir}: no manifest after process 0 opened the sweep") \
                 from None
@@ -315,26 +462,45 @@ class SweepStore:
         self.close()
 
     def _cleanup(self) -> None:
-        """Remove what a killed writer left: temporary files, curves (and params) parts
-        without their runs part."""
+        """Remove what a killed writer left half-written: temporary files. (Complete parts
+        whose chunk never committed are moved aside by :meth:`_repair`.)"""
         for sub in (*TABLES, "."):
             for p in (self.dir / sub).glob(TMP_PREFIX + "*"):
                 p.unlink(missing_ok=True)
-        committed = {p.name for p in (self.dir / RUNS).glob(PART_GLOB)}
-        for sub in (CURVES, PARAMS):
-            for p in (self.dir / sub).glob(PART_GLOB):
-                if p.name not in committed:
-                    p.unlink()
+
+    def _repair(self) -> None:
+        """Check every part (:func:`check_parts`); move a damaged chunk's parts and orphan
+        parts to ``damaged/<table>/`` (never deleted), so that their runs are run again."""
+        check = check_parts(self.dir)
+        moves = {name: [t for t in TABLES if (self.dir / t / name).exists()]
+                 for name in check.damaged}
+        for name, tables in check.orphans.items():
+            moves[name] = tables
+            check.damaged[name] = (f"{' and '.join(tables)} part without its runs part (a "
+                                   f"chunk killed while committing, or a deleted runs part)")
+        try:
+            for name, tables in moves.items():
+                for t in tables:
+                    dest = self.dir / DAMAGED / t
+                    dest.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.dir / t / name, dest / name)
+                _fsync_dir(self.dir / DAMAGED)
+        except OSError as e:
+            self.close()
+            raise StoreError(f"cannot move damaged parts of {self.dir} aside: {e.strerror}") \
+                from None
+        self.repaired = dict(check.damaged)
+        self._done = check.done
 
     # ---- reading ------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return json.loads((self.dir / MANIFEST).read_text())
+        return read_manifest(self.dir)
 
     def done_run_ids(self) -> set[str]:
-        done: set[str] = set()
-        for p in sorted((self.dir / RUNS).glob(PART_GLOB)):
-            done.update(pq.read_table(p, columns=["run_id"]).column(0).to_pylist())
-        return done
+        """The runs of the sound parts (checked when the folder was opened)."""
+        if self._done is not None:
+            return set(self._done)
+        return check_parts(self.dir).done
 
     def progress(self) -> list[dict]:
         """Progress records of the processes that ran (or are running) this sweep."""
@@ -363,13 +529,14 @@ class SweepStore:
         list of ``(path, leaf array)``) a params part, atomically: the runs part last."""
         runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
                                             alive, diverged_step, wall_s)
-        name = part_name(group.index, self.process_index, chunk[0].run_id)
-        runs_final = self.dir / RUNS / name
-        others = [(curves_tbl, self.dir / CURVES / name)]
+        tables = {RUNS: runs_tbl, CURVES: curves_tbl}
         if params is not None:
             (self.dir / PARAMS).mkdir(exist_ok=True)
-            others.append((params_table(sweep, group, chunk, log_steps, params),
-                           self.dir / PARAMS / name))
+            tables[PARAMS] = params_table(sweep, group, chunk, log_steps, params)
+        name = part_name(group.index, self.process_index, chunk[0].run_id,
+                         rows={t: tbl.num_rows for t, tbl in tables.items()})
+        runs_final = self.dir / RUNS / name
+        others = [(tables[t], self.dir / t / name) for t in (CURVES, PARAMS) if t in tables]
         tmps: list[Path] = []
         try:
             for tbl, final_path in others:

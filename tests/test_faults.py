@@ -182,7 +182,8 @@ def test_leftovers_of_a_killed_writer_are_cleaned_up_on_rerun(cli, write_sweep, 
     """What a writer killed mid-chunk leaves (store.py: parts written as hidden .tmp-* files,
     then renamed curves first, runs last): temporary files in runs/, curves/ and the sweep
     folder, and complete curves parts whose runs part (the commit) never appeared. A re-run
-    removes them and ends with exactly the tables of an uninterrupted run."""
+    removes the temporaries, moves the orphans to damaged/ and ends with exactly the tables of
+    an uninterrupted run."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -212,7 +213,8 @@ def test_leftovers_of_a_killed_writer_are_cleaned_up_on_rerun(cli, write_sweep, 
     assert code == 0, err
     assert "16 already done" in out and "8 run now" in out
     assert not list(folder.rglob(".tmp-*"))
-    assert not any(o.exists() for o in orphans)  # removed, not re-used or kept as duplicates
+    assert not any(o.exists() for o in orphans)  # not re-used or kept as duplicates
+    assert all((folder / "damaged" / "curves" / o.name).exists() for o in orphans)  # kept
     runs_names = sorted(p.name for p in (folder / "runs").glob("part-*"))
     assert runs_names == sorted(p.name for p in (folder / "curves").glob("part-*"))
     assert len(runs_names) == 6

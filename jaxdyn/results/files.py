@@ -9,6 +9,7 @@ Must not: write anything, or know a file name the store does not define.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -57,10 +58,23 @@ def read_manifest(folder: str | Path) -> dict:
         raise QueryError(str(e)) from None
 
 
+class DamagedPartsWarning(UserWarning):
+    """Some of a sweep's parts are damaged; they were left out of what was read."""
+
+
 def committed_parts(folder: str | Path, *tables: str) -> tuple[list[Path], ...]:
     """The runs parts present now and the parts of ``tables`` (default curves) of those
-    chunks only (:func:`jaxdyn.store.committed_parts`)."""
-    return store.committed_parts(folder, *tables)
+    chunks only (:func:`jaxdyn.store.committed_parts`); damaged chunks are left out with a
+    :class:`DamagedPartsWarning` that says how to repair them."""
+    skipped: list[str] = []
+    out = store.committed_parts(folder, *tables, skipped=skipped)
+    if skipped:
+        warnings.warn(DamagedPartsWarning(
+            f"sweep {Path(folder).name}: {len(skipped)} damaged part(s) left out of what was "
+            f"read ({skipped[0]}{', ...' if len(skipped) > 1 else ''}); 'jaxdyn status "
+            f"{Path(folder).name}' shows them, 'jaxdyn run' of its sweep file repairs them"),
+            stacklevel=3)
+    return out
 
 
 def _schema(files: Sequence[Path]) -> pa.Schema:

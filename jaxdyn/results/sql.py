@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
 
-from jaxdyn.results.files import (DEFAULT_ROOT, QueryError, _moved, _sql_list, _sql_str,
+from jaxdyn.results.files import (DEFAULT_ROOT, DamagedPartsWarning, QueryError, _moved, _sql_list, _sql_str,
                                   committed_parts, read_manifest, resolve, sweep_names)
 
 _READ_ONLY = ("SELECT", "EXPLAIN")
@@ -29,6 +30,7 @@ def _folders(names, root) -> list[Path]:
     elif names is not None and not isinstance(names, (list, tuple)):
         raise QueryError(f"sweeps: expected a sweep name, a path or a list of them, got "
                          f"{type(names).__name__}")
+    named = bool(names)
     names = list(names) if names else sweep_names(root)
     if not names:
         raise QueryError(f"no sweeps under {root}; run one with 'jaxdyn run SWEEP.toml'")
@@ -36,6 +38,19 @@ def _folders(names, root) -> list[Path]:
         if not isinstance(n, (str, Path)):
             raise QueryError(f"sweeps: expected names or paths, got {n!r}")
     folders = [resolve(n, root) for n in names]
+    if not named:  # all sweeps: one unreadable sweep does not hide the others
+        ok, errors = [], []
+        for f in folders:
+            try:
+                read_manifest(f)
+                ok.append(f)
+            except QueryError as e:
+                errors.append(e)
+        if errors and not ok:
+            raise errors[0]
+        for e in errors:
+            warnings.warn(DamagedPartsWarning(f"a sweep left out: {e}"), stacklevel=3)
+        folders = ok
     # a sweep named twice is read once (its rows are not doubled)
     return list(dict.fromkeys(f.resolve() for f in folders))
 

@@ -16,11 +16,9 @@ import time
 import tomllib
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jaxdyn import store
-from jaxdyn.results.files import DEFAULT_ROOT, committed_parts, read_manifest, resolve
+from jaxdyn.results.files import DEFAULT_ROOT, read_manifest, resolve
 
 
 def _boot_time() -> float | None:
@@ -163,30 +161,33 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
     of the processes running it; safe while the sweep is being written.
 
     Returns a dict: ``name``, ``experiment``, ``state`` ("complete", "running", "stopped",
-    "stalled", "incomplete" or "not started"), ``runs_done``, ``runs_total``, ``diverged``,
-    ``parts``, ``chunks_done``/``chunks_total`` (of the current launch), ``run_steps_per_s``
+    "stalled", "incomplete", "not started" or "damaged"), ``runs_done``, ``runs_total``,
+    ``diverged``, ``parts`` (sound runs parts), ``damaged_parts`` and ``orphan_parts``
+    (``{part name: why}``: what the next ``jaxdyn run`` moves aside and re-runs; every part's
+    footer and row count is checked, :func:`jaxdyn.store.check_parts`), ``moved_to_damaged``
+    (parts an earlier run moved to ``damaged/``), ``chunks_done``/``chunks_total`` (of the current launch), ``run_steps_per_s``
     and ``eta_s`` (while running), ``processes`` (one dict per progress record), ``file``
     (whether the sweep file changed since) and ``resume`` (the command that resumes it).
     """
     folder = resolve(name_or_dir, root)
     man = read_manifest(folder)
     now = time.time() if now is None else now
-    runs_files, _ = committed_parts(folder)
+    check = store.check_parts(folder, with_status=True)
     done = diverged = 0
     commits = []  # (mtime, runs) of each runs part: the sweep's commit timeline
-    damaged: list[str] = []
-    for p in runs_files:
+    for name, statuses in check.statuses.items():
         try:
-            mtime = p.stat().st_mtime
-            col = pq.read_table(p, columns=["status"]).column(0)
+            mtime = (folder / store.RUNS / name).stat().st_mtime
         except FileNotFoundError:
             continue
-        except (pa.ArrowInvalid, OSError):
-            damaged.append(p.name)
-            continue
-        done += len(col)
-        diverged += len(col) - col.to_pylist().count("ok")
-        commits.append((mtime, len(col)))
+        done += len(statuses)
+        diverged += len(statuses) - statuses.count("ok")
+        commits.append((mtime, len(statuses)))
+    damaged = dict(check.damaged)
+    # orphans are damage only once nobody is writing (a running writer commits runs last)
+    orphans = {n: f"{' and '.join(t)} part without its runs part"
+               for n, t in check.orphans.items()}
+    moved = sorted({p.name for p in (folder / store.DAMAGED).glob("*/" + store.PART_GLOB)})
     total = int(man.get("runs_total") or 0)
 
     lock_pids: list[int] = []  # processes holding the sweep's write locks (this host)
@@ -200,7 +201,9 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
             continue
         procs.append(_process_status(rec, man, now, lock_pids))
     running = [q for q in procs if q["state"] == "running"]
-    if done >= total > 0:
+    if damaged:
+        state = "damaged"
+    elif done >= total > 0:
         state = "complete"
     elif running or lock_pids:
         state = "running"
@@ -238,8 +241,10 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
         "runs_done": done,
         "runs_total": total,
         "diverged": diverged,
-        "parts": len(runs_files),
+        "parts": len(check.run_ids),
         "damaged_parts": damaged,
+        "orphan_parts": orphans if state != "running" else {},
+        "moved_to_damaged": moved,
         "chunks_done": sum(q["chunks_done"] for q in procs),
         "chunks_total": sum(q["chunks_total"] for q in procs),
         "run_steps_per_s": rate_steps,
