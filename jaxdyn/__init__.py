@@ -3,6 +3,7 @@
 The public API::
 
     jaxdyn.run(sweep, ...)              # run a sweep file, dict or Sweep -> RunSummary
+    jaxdyn.check(sweep, ...)            # every check run makes, nothing compiled or written
     jaxdyn.load(name), jaxdyn.query()   # the results (no JAX)
     jaxdyn.Experiment, Param, Metric, Probe   # declare your own experiment
     jaxdyn.optimizer(static, hp)        # the sweep's optax transformation
@@ -13,12 +14,12 @@ setting: names that need JAX are imported on first use.
 """
 
 from jaxdyn.experiments.base import Experiment, Metric, Probe
-from jaxdyn.launch import RunSummary, run
+from jaxdyn.launch import RunSummary, check, run
 from jaxdyn.results import Results, load, query
 from jaxdyn.spec import JaxdynError, Param, SpecError
 
 __all__ = ["Experiment", "JaxdynError", "Metric", "Param", "Probe", "Results", "RunSummary",
-           "SpecError", "load", "optimizer", "query", "run", "supervised"]
+           "SpecError", "check", "load", "optimizer", "query", "run", "supervised"]
 __version__ = "0.1.0"
 
 

@@ -1,4 +1,4 @@
-"""``jaxdyn run | list | query | status | plot``.
+"""``jaxdyn run | check | list | query | status | plot | bench``.
 
 Every user error ends in one message on stderr naming the file, the key and what was
 expected, and exit status 2; nothing is written before a sweep file has been fully validated.
@@ -25,7 +25,7 @@ def _err(msg: str) -> int:
 
 def cmd_run(args) -> int:
     from jaxdyn.launch import run
-    from jaxdyn.spec import JaxdynError
+    from jaxdyn.spec import JaxdynError, TooLarge
     from jaxdyn.store import DAMAGED
 
     if args.chunk_size is not None and args.chunk_size <= 0:
@@ -33,11 +33,28 @@ def cmd_run(args) -> int:
     if args.micro_batch is not None and args.micro_batch < 0:
         return _err(f"--micro-batch: expected an integer >= 0 (0 = all of a device's runs "
                     f"at once), got {args.micro_batch}")
+    def go(yes):
+        return run(args.file, out=args.out, overrides=args.set or [],
+                   chunk_size=args.chunk_size, micro_batch=args.micro_batch, force=args.force,
+                   quiet=args.quiet, yes=yes, distributed=args.distributed,
+                   coordinator=args.coordinator, num_processes=args.num_processes,
+                   process_id=args.process_id)
+
     try:
-        s = run(args.file, out=args.out, overrides=args.set or [], chunk_size=args.chunk_size,
-                micro_batch=args.micro_batch, force=args.force, quiet=args.quiet,
-                yes=args.yes, distributed=args.distributed, coordinator=args.coordinator,
-                num_processes=args.num_processes, process_id=args.process_id)
+        try:
+            s = go(args.yes)
+        except TooLarge as e:
+            # a huge sweep: asked at a terminal, refused without one (never started unasked)
+            if not (e.confirmable and sys.stdin.isatty() and sys.stderr.isatty()):
+                raise
+            print(f"jaxdyn: {e}", file=sys.stderr)
+            try:
+                answer = input("run it anyway? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                return _err("not started")
+            s = go(True)
     except JaxdynError as e:
         return _err(str(e))
     except KeyboardInterrupt:
@@ -67,6 +84,22 @@ def cmd_run(args) -> int:
                         + "; ".join(f"{n}: {why}" for n, why in list(s.repaired.items())[:3])
                         + (" ..." if len(s.repaired) > 3 else ""))
     print("\n".join(lines))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from jaxdyn.fmt import nbytes
+    from jaxdyn.launch import check
+    from jaxdyn.spec import JaxdynError
+
+    try:
+        info = check(args.file, overrides=args.set or [], yes=args.yes)
+    except JaxdynError as e:
+        return _err(str(e))
+    dup = f", {info['duplicates']} duplicate grid points' runs dropped" if info[
+        "duplicates"] else ""
+    print(f"{args.file}: ok: {info['runs']:,} runs in {info['groups']} compiled group(s)"
+          f"{dup}; one run needs about {nbytes(info['run_bytes'])} of device memory")
     return 0
 
 
@@ -356,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-processes", type=int, default=None)
     r.add_argument("--process-id", type=int, default=None)
     r.set_defaults(fn=cmd_run)
+
+    ck = sub.add_parser("check", help="every check 'run' makes before compute, nothing "
+                                      "compiled or written")
+    ck.add_argument("file", help="sweep file (TOML)")
+    ck.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a key of the sweep file, as for run")
+    ck.add_argument("--yes", action="store_true", help="accept huge sweeps, as for run")
+    ck.set_defaults(fn=cmd_check)
 
     ls = sub.add_parser("list", help="experiments, their hyperparameters and metrics")
     ls.add_argument("refs", nargs="*", metavar="EXPERIMENT",

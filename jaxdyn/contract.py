@@ -23,6 +23,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdyn.spec import JaxdynError
 
@@ -126,9 +127,18 @@ def _describe(tree) -> dict:
             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_group(exp, static: dict, label: str, probes=()) -> None:
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
+
+
+def check_group(exp, static: dict, label: str, probes=()) -> dict:
     """Trace one static group's functions (and the sweep's ``(Probe, opts)`` pairs) on
-    abstract values; ExperimentError on a breach."""
+    abstract values; ExperimentError on a breach.
+
+    Returns the group's footprint in bytes, from the traced shapes: ``state`` (one run's
+    state), ``data`` (one ``make_data`` result) and ``row`` (one logged row of metrics and
+    probe columns)."""
     c = _Checker(exp, static, exp.dynamic_names, label)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     data = None
@@ -163,6 +173,7 @@ def check_group(exp, static: dict, label: str, probes=()) -> None:
             raise c.fail(f"metric {k!r} is declared with shape {shape} but measure returns "
                          f"shape {got[k]}; declare Metric({k!r}, shape={got[k]})")
     taken = {k: "a metric" for k in got}
+    row = _nbytes(m)
     for probe, opts in probes:
         out = c.call(f"probe {probe.name!r}",
                      lambda hp, s, d, probe=probe, opts=opts: probe.fn(exp, s, static, hp, d,
@@ -174,6 +185,8 @@ def check_group(exp, static: dict, label: str, probes=()) -> None:
                          f"{taken[clash[0]]} of the experiment already writes; drop the probe "
                          f"from the sweep's probes table (the column would be overwritten)")
         taken.update({k: f"probe {probe.name!r}" for k in out})
+        row += _nbytes(out)
+    return {"state": _nbytes(state), "data": _nbytes(data), "row": row}
 
 
 def check_values(exp, sweep) -> None:

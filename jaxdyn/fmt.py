@@ -36,3 +36,11 @@ def ago(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.0f}min ago"
     return f"{s / 3600:.1f}h ago"
+
+
+def nbytes(n: float) -> str:
+    """A byte count for people: ``1.5 GiB``, ``12 MiB``, ``900 B``."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"

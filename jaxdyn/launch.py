@@ -233,17 +233,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
 
     setup_compilation_cache()
     engine.reuse_freed_memory()
-    probes = engine.resolve_probes(sweep, exp)
-    if sweep.save_params and exp.params_of_state is None:
-        raise SpecError(sweep.file, "save.params", f"{exp.name} has no params_of_state: it "
-                                                   f"cannot say which part of its state "
-                                                   f"holds the parameters")
-    contract.check_values(exp, sweep)
-    signatures = engine.static_signatures(sweep, exp)
-    for sig in signatures:
-        static = engine.group_static(sweep, sig)
-        label = engine.group_label(sig)
-        contract.check_group(exp, static, label, probes)
+    probes, signatures, footprints = _check_experiment(sweep, exp)
     try:
         # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
         wanted = engine.cpu_devices_wanted()
@@ -257,6 +247,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     except Exception as e:  # noqa: BLE001 - a probe's own code failing to trace
         raise contract.ExperimentError(f"experiment {exp.name!r}: tracing the run failed: "
                                        f"{type(e).__name__}: {contract._first_line(e)}") from None
+    _check_memory(sweep, footprints)
     pi, pc = 0, 1
     if distributed:
         kw = {}
@@ -323,6 +314,92 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
                       wall_s=s["wall_s"], compile_s=s["compile_s"],
                       duplicates=sweep.duplicates, process_index=pi, process_count=pc,
                       moved_aside=store.moved_aside, repaired=dict(store.repaired), stats=s)
+
+
+def _check_experiment(sweep: Sweep, exp):
+    """The checks between the sweep file and the device: probe options, ``save``, the
+    experiment's ``check`` on every grid point, and each static group traced on abstract
+    values (``contract``). Returns ``(probes, signatures, footprints)``."""
+    from jaxdyn import contract, engine
+
+    probes = engine.resolve_probes(sweep, exp)
+    if sweep.save_params and exp.params_of_state is None:
+        raise SpecError(sweep.file, "save.params", f"{exp.name} has no params_of_state: it "
+                                                   f"cannot say which part of its state "
+                                                   f"holds the parameters")
+    contract.check_values(exp, sweep)
+    signatures = engine.static_signatures(sweep, exp)
+    footprints = {}
+    for sig in signatures:
+        static = engine.group_static(sweep, sig)
+        label = engine.group_label(sig)
+        footprints[label] = contract.check_group(exp, static, label, probes)
+    return probes, signatures, footprints
+
+
+def check(sweep, *, overrides: Sequence[str] = (), experiment=None,
+          yes: bool = False) -> dict:
+    """Every check :func:`run` makes before it compiles or writes anything, and nothing
+    else: the sweep file, the experiment's value checks on every grid point, each static
+    group traced on abstract values, sizes and one run's memory against the device.
+
+    Takes ``sweep``, ``overrides``, ``experiment`` and ``yes`` as :func:`run` does. Raises
+    :class:`jaxdyn.JaxdynError` with the message ``run`` would give; returns ``{"runs",
+    "groups", "duplicates", "run_bytes"}`` (the largest group's estimate of one run's device
+    memory, in bytes).
+
+    Example::
+
+        jaxdyn.check("sweeps/quickstart.toml", overrides=["steps=500"])
+    """
+    parsed, exp, _ = prepare(sweep, overrides=overrides, experiment=experiment,
+                             max_runs=None if yes else spec.MAX_RUNS_UNCONFIRMED)
+    import jax
+
+    with jax.enable_x64(True):
+        _, signatures, footprints = _check_experiment(parsed, exp)
+        _check_memory(parsed, footprints)
+    return {"runs": parsed.n_runs(), "groups": len(signatures),
+            "duplicates": parsed.duplicates,
+            "run_bytes": max((run_bytes(parsed, f)["total"] for f in footprints.values()),
+                             default=0)}
+
+
+#: the state a step holds at once, in copies of one run's state: the input, the output and
+#: the gradients/optimizer temporaries in between
+_STATE_COPIES = 3
+
+
+def run_bytes(sweep, footprint: dict) -> dict:
+    """One run's device memory, estimated from traced shapes (``contract.check_group``):
+    its state in flight (:data:`_STATE_COPIES` copies), its curves buffer (one row per
+    logged step) and its data."""
+    parts = {"state": _STATE_COPIES * footprint["state"],
+             "curves": sweep.log.count(sweep.steps) * footprint["row"],
+             "data": footprint["data"]}
+    return {**parts, "total": sum(parts.values())}
+
+
+def _check_memory(sweep, footprints: dict) -> None:
+    """Refuse, before anything is compiled or written, a group one run of which cannot fit
+    in a device's memory (it would abort inside XLA, or swap the host to a halt)."""
+    import jax
+
+    from jaxdyn import engine
+    from jaxdyn.fmt import nbytes
+
+    limit = engine.device_memory_bytes(jax.local_devices()[0])
+    for label, fp in footprints.items():
+        need = run_bytes(sweep, fp)
+        if need["total"] > limit:
+            where = f"group {label}" if label else "each run"
+            raise SpecError(sweep.file, None, f"one run of {where} needs about "
+                                              f"{nbytes(need['total'])} (state "
+                                              f"{nbytes(need['state'])}, curves "
+                                              f"{nbytes(need['curves'])}, data "
+                                              f"{nbytes(need['data'])}), more than the "
+                                              f"{nbytes(limit)} of a device here; use smaller "
+                                              f"shapes or fewer logged steps")
 
 
 def _cpu_backend_started_small() -> bool:

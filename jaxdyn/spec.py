@@ -41,13 +41,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxdyn.sweep_types import (MAX_RUNS, MAX_RUNS_UNCONFIRMED, NAME_RE, PRECISIONS,
+from jaxdyn.sweep_types import (MAX_LOG_POINTS, MAX_RUN_STEPS_UNCONFIRMED, MAX_RUNS,
+                                MAX_RUNS_UNCONFIRMED, NAME_RE, PRECISIONS,
                                 SAVE_PARAMS, SCHEMA_KEYS, JaxdynError, LogSchedule, Param,
-                                Run, SpecError, Sweep, TooManyRuns, _INT_RANGE_EXPAND,
+                                Run, SpecError, Sweep, TooLarge, TooManyRuns,
+                                _INT_RANGE_EXPAND,
                                 run_id, run_key)
 
 __all__ = ["MAX_RUNS", "MAX_RUNS_UNCONFIRMED", "PRECISIONS", "SCHEMA_KEYS", "JaxdynError",
-           "LogSchedule", "Param", "Run", "SpecError", "Sweep", "TooManyRuns", "load", "parse",
+           "LogSchedule", "Param", "Run", "SpecError", "Sweep", "TooLarge", "TooManyRuns",
+           "load", "parse",
            "run_id", "run_key", "validate"]
 
 
@@ -141,7 +144,7 @@ def _axis_values(file, key: str, spec, param: Param) -> list | _Range:
 
 
 def _check_run_count(file, n_seeds: int, axes: Sequence[list | _Range], sample: dict | None,
-                     max_runs: int | None) -> None:
+                     max_runs: int | None, steps: int = 1) -> None:
     """Refuse a sweep with too many runs, from the counts alone (nothing is expanded)."""
     exact = all(isinstance(a, list) or a.exact for a in axes)
     total = math.prod(len(a) if isinstance(a, list) else a.length for a in axes)
@@ -157,6 +160,13 @@ def _check_run_count(file, n_seeds: int, axes: Sequence[list | _Range], sample: 
         raise TooManyRuns(file, n, exact, MAX_RUNS, confirmable=False)
     if max_runs is not None and n > max_runs:
         raise TooManyRuns(file, n, exact, max_runs, confirmable=True)
+    if max_runs is not None and n * steps > MAX_RUN_STEPS_UNCONFIRMED:
+        err = TooLarge(file, "steps", f"the sweep is {n:,} runs x {steps:,} steps = "
+                                      f"{n * steps:.3g} run·steps (more than "
+                                      f"{MAX_RUN_STEPS_UNCONFIRMED:.0e}); pass --yes to run "
+                                      f"it anyway")
+        err.confirmable = True
+        raise err
     if total > MAX_RUNS:  # only with [sample]: every axis is expanded before sampling
         what = f"{total:,}" if exact else f"up to {total:,}"
         raise SpecError(file, "sample", f"the grid has {what} points before sampling, more "
@@ -256,6 +266,8 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     steps = _int(file, "steps", doc["steps"])
     if steps <= 0:
         raise SpecError(file, "steps", f"expected a positive integer, got {steps}")
+    if steps >= 2**53:  # step counters are int64 and logged steps float-exact
+        raise SpecError(file, "steps", f"expected fewer than 2**53 steps, got {steps:,}")
 
     seeds_v = doc.get("seeds", 1)
     if isinstance(seeds_v, list):
@@ -293,6 +305,11 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
         if spacing not in ("linear", "log"):
             raise SpecError(file, "log.spacing", f"expected 'linear' or 'log', got {spacing!r}")
         log = LogSchedule(points=pts, spacing=spacing)
+    if log.count(steps) > MAX_LOG_POINTS:
+        raise SpecError(file, "log.every", f"{log.count(steps):,} logged steps per run (steps "
+                                           f"= {steps:,}), more than the {MAX_LOG_POINTS:,} a "
+                                           f"curves table holds per run; raise log.every to at "
+                                           f"least {-(-steps // (MAX_LOG_POINTS - 2)):,}")
 
     precision = doc.get("precision", "float32")
     if precision not in PRECISIONS:
@@ -396,7 +413,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
         raise SpecError(file, "description", "expected a string")
 
     # Everything is checked; count the runs before expanding seeds and ranges.
-    _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs)
+    _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs, steps)
     if seeds is None:
         if n_seeds > 2**31:
             raise SpecError(file, "seeds", "seeds must be < 2**31")

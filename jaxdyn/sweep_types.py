@@ -28,8 +28,14 @@ SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixe
 SAVE_PARAMS = ("final", "log")
 PRECISIONS = ("float32", "float64")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-#: Grids larger than this are refused unless the user confirms (``--yes``).
+#: Grids larger than this are refused unless the user confirms (``--yes``, or a yes at the
+#: terminal's prompt).
 MAX_RUNS_UNCONFIRMED = 5_000_000
+#: Sweeps of more run·steps (runs × steps) than this are refused unless the user confirms:
+#: 17x the largest shipped sweep (dc_paper, 5.9e9), hours of compute on most devices.
+MAX_RUN_STEPS_UNCONFIRMED = 100_000_000_000
+#: Logged steps per run, at most: each is a row of the curves table per run.
+MAX_LOG_POINTS = 1_000_000
 #: No sweep may have more runs than this, nor more grid points before ``[sample]``: far
 #: beyond what one sweep can hold in memory (each run is a Python object before it is run).
 MAX_RUNS = 1_000_000_000
@@ -55,7 +61,14 @@ class SpecError(JaxdynError, ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class TooManyRuns(SpecError):
+class TooLarge(SpecError):
+    """The sweep is larger than allowed; raised before anything is expanded or written.
+    ``confirmable``: the user may run it anyway (``--yes``, or yes at a terminal prompt)."""
+
+    confirmable: bool = False
+
+
+class TooManyRuns(TooLarge):
     """The sweep has more runs than allowed; raised before anything is expanded.
 
     ``n_runs`` is the run count computed from the counts alone (seeds × grid axis lengths ×
@@ -64,6 +77,7 @@ class TooManyRuns(SpecError):
 
     def __init__(self, file, n_runs: int, exact: bool, limit: int, confirmable: bool):
         self.n_runs, self.exact, self.limit = n_runs, exact, limit
+        self.confirmable = confirmable
         count = f"{n_runs:,} runs" if exact else f"up to {n_runs:,} runs"
         if confirmable:
             msg = (f"the sweep has {count} (more than {limit:,}); pass --yes to run it "
@@ -98,6 +112,9 @@ class Param:
             ok = isinstance(value, int) and not isinstance(value, bool)
             if not ok and isinstance(value, float) and value.is_integer():
                 value, ok = int(value), True
+            if ok and not -2**63 <= value < 2**63:
+                raise SpecError(file, key, f"'{self.name}' = {value} does not fit in a 64-bit "
+                                           f"integer (the tables' int64 column)")
         elif t is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
@@ -126,6 +143,12 @@ class LogSchedule:
     every: int | None = None
     points: int | None = None
     spacing: str = "linear"
+
+    def count(self, total: int) -> int:
+        """How many steps are logged (an upper bound for ``points``), without listing them."""
+        if self.every is not None:
+            return total // self.every + 1 + (total % self.every != 0)
+        return min(self.points + 2, total + 1)
 
     def steps(self, total: int) -> np.ndarray:
         if self.every is not None:

@@ -67,3 +67,88 @@ def test_python_api_raises_jaxdyn_errors_on_wrong_types(tmp_path, cli):
     res = jaxdyn.load("base", root=root)
     rid = res.runs.run_id[0]
     assert set(res.curves(run_ids=rid).run_id) == {rid}  # a string is one id
+
+
+# ---- sizes: refused (or asked at a terminal) before anything is compiled or written --------
+def _refused(cli, tmp_path, text, *words):
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    code, out, err = cli("run", f, "--out", tmp_path / "res")
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "res").exists()
+    return err
+
+
+def test_an_int_beyond_64_bits_is_refused(tmp_path, cli):
+    _refused(cli, tmp_path, 'name = "a"\nexperiment = "eos.mean_model"\nsteps = 10\n'
+                            '[fixed]\nd = 99999999999999999999\n', "key 'fixed.d'", "64-bit")
+
+
+def test_huge_steps_are_refused_without_a_terminal(tmp_path, cli):
+    """steps = 1e12 with 5 log points used to start and run until killed."""
+    _refused(cli, tmp_path, 'name = "b"\nexperiment = "eos.mean_model"\n'
+                            'steps = 1000000000000\nlog = { points = 5 }\n',
+             "key 'steps'", "1e+12 run·steps", "--yes")
+
+
+def test_more_logged_steps_than_a_table_holds_are_refused(tmp_path, cli):
+    """every = 100 over 1e12 steps used to die of a MemoryError traceback."""
+    _refused(cli, tmp_path, 'name = "c"\nexperiment = "eos.mean_model"\n'
+                            'steps = 1000000000000\nlog = { every = 100 }\n',
+             "key 'log.every'", "10,000,000,001 logged steps")
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_a_huge_sweep_is_asked_at_a_terminal(answer, tmp_path, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(spec, "MAX_RUN_STEPS_UNCONFIRMED", 50)  # 4 runs x 20 steps = 80
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    f = tmp_path / "s.toml"
+    f.write_text('name = "h"\nexperiment = "eos.mean_model"\nsteps = 20\nseeds = 2\n'
+                 'log = { every = 10 }\n[grid]\nlr = [0.01, 0.02]\n')
+    code, out, err = cli("run", f, "--out", tmp_path / "res", "--quiet")
+    assert asked == ["run it anyway? [y/N] "] and "80 run·steps" in err
+    if answer == "n":
+        assert code == 2 and "not started" in err and not (tmp_path / "res").exists()
+    else:
+        assert code == 0 and "4 run now" in out
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_figure(tmp_path):
+    """A huge width used to abort inside XLA (exit 134)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def init(key, hp):
+        return {"w": jax.random.normal(key, (16, hp["width"]))}
+
+    def loss(p, batch, hp):
+        return jnp.mean((batch[0] @ p["w"]).sum(1) - batch[1][:, 0]) ** 2
+
+    exp = jaxdyn.supervised("big", init=init, loss=loss,
+                            data=(np.zeros((32, 16)), np.zeros((32, 1))), batch_size=8,
+                            params=(jaxdyn.Param("width", 8, int, static=True),))
+    sweep = {"name": "big", "steps": 5, "fixed": {"width": 1_000_000_000}}
+    for call in (jaxdyn.check, lambda s, **kw: jaxdyn.run(s, out=tmp_path / "res", **kw)):
+        # 3 copies (state, new state, gradients) of 16e9 float32 = 179 GiB
+        with pytest.raises(jaxdyn.JaxdynError, match=r"needs about 179 GiB \(state 179 GiB"):
+            call(sweep, experiment=exp)
+    assert not (tmp_path / "res").exists()
+    info = jaxdyn.check({**sweep, "fixed": {"width": 1000}}, experiment=exp)
+    assert info["runs"] == 1 and info["run_bytes"] >= 3 * 16 * 1000 * 4  # float32: 3 copies of w
+
+
+def test_check_command_validates_without_writing(tmp_path, cli):
+    code, out, err = cli("check", "sweeps/quickstart.toml")
+    assert code == 0 and "1,024 runs" in out, err
+    f = tmp_path / "s.toml"
+    f.write_text('name = "a"\nexperiment = "eos.mean_model"\nsteps = 10\n[fixed]\nd = 0\n')
+    code, out, err = cli("check", f)
+    assert code == 2 and "d" in err and out == ""
