@@ -342,7 +342,8 @@ def cmd_plot(args) -> int:
         return _err(f"-o {out}: expected a .png, .pdf or .svg file name")
     try:
         info = plot(args.name, args.x, args.y, out, hue=args.hue, where=args.where,
-                    logx=args.logx, logy=args.logy, spread=args.spread, root=args.out)
+                    logx=args.logx, logy=args.logy, spread=args.spread, root=args.out,
+                    _cli=True)
     except QueryError as e:
         return _err(str(e))
     what = "one line per run" if info["per_run"] else (

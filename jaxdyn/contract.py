@@ -132,7 +132,7 @@ def _nbytes(tree) -> int:
                for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
 
 
-def check_group(exp, static: dict, label: str, probes=()) -> dict:
+def check_group(exp, static: dict, label: str, probes=(), file=None) -> dict:
     """Trace one static group's functions (and the sweep's ``(Probe, opts)`` pairs) on
     abstract values; ExperimentError on a breach.
 
@@ -175,6 +175,18 @@ def check_group(exp, static: dict, label: str, probes=()) -> dict:
     taken = {k: "a metric" for k in got}
     row = _nbytes(m)
     for probe, opts in probes:
+        if probe.check is not None:
+            try:
+                probe.check(exp, state, static, opts)
+            except ValueError as e:  # the option value is refused
+                opt = str(e).split(" ", 1)[0]  # "k must be ...": the option it names
+                key = f"probes.{probe.name}" + (f".{opt}" if opt in opts else "")
+                raise JaxdynError(f"{file or '<sweep>'}: key '{key}': {e}"
+                                  + (f" (group {label})" if label else "")) from None
+            except Exception as e:  # noqa: BLE001 - a bug in the probe's check
+                raise ExperimentError(f"probe {probe.name!r}: its check raised "
+                                      f"{type(e).__name__} at {_located(e, probe.check)}: "
+                                      f"{_first_line(e)}") from None
         out = c.call(f"probe {probe.name!r}",
                      lambda hp, s, d, probe=probe, opts=opts: probe.fn(exp, s, static, hp, d,
                                                                        opts),

@@ -333,7 +333,7 @@ def _check_experiment(sweep: Sweep, exp):
     for sig in signatures:
         static = engine.group_static(sweep, sig)
         label = engine.group_label(sig)
-        footprints[label] = contract.check_group(exp, static, label, probes)
+        footprints[label] = contract.check_group(exp, static, label, probes, sweep.file)
     return probes, signatures, footprints
 
 
@@ -359,7 +359,7 @@ def check(sweep, *, overrides: Sequence[str] = (), experiment=None,
     with jax.enable_x64(True):
         _, signatures, footprints = _check_experiment(parsed, exp)
         _check_memory(parsed, footprints)
-    return {"runs": parsed.n_runs(), "groups": len(signatures),
+    return {"runs": len(parsed.runs()), "groups": len(signatures),
             "duplicates": parsed.duplicates,
             "run_bytes": max((run_bytes(parsed, f)["total"] for f in footprints.values()),
                              default=0)}

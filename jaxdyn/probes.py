@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxdyn.experiments.base import Probe
@@ -108,12 +109,28 @@ def _sharpness_probe(exp, state, static, hp, data, opts):
     return {f"sharpness_{i + 1}": vals[i] for i in range(k)}
 
 
+#: the sharpness probe's methods (``auto``: dense up to DENSE_MAX_PARAMS parameters)
+METHODS = ("auto", "dense", "lanczos")
+
+
+def _sharpness_check(exp, state, static, opts):
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(exp.params_of_state(state)))
+    if opts["method"] not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {opts['method']!r}")
+    if not 1 <= opts["k"] <= n:
+        raise ValueError(f"k must be between 1 and the model's {n} parameters (a Hessian "
+                         f"has that many eigenvalues), got {opts['k']}")
+    if opts["iters"] < 1:
+        raise ValueError(f"iters must be >= 1, got {opts['iters']}")
+
+
 SHARPNESS = Probe(
     name="sharpness",
     doc="top-k eigenvalues of the training-loss Hessian (dense if ≤ 64 parameters, else "
         "Lanczos on forward-over-reverse HVPs); columns sharpness_1..k. Compare with 2/η.",
     fn=_sharpness_probe,
     defaults={"every": 100, "k": 1, "method": "auto", "iters": 20},
+    check=_sharpness_check,
 )
 
 #: Probes any experiment with ``loss`` and ``params_of_state`` can ask for.

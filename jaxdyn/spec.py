@@ -150,6 +150,10 @@ def _check_run_count(file, n_seeds: int, axes: Sequence[list | _Range], sample: 
     total = math.prod(len(a) if isinstance(a, list) else a.length for a in axes)
     n_points = total
     if sample is not None and "count" in sample:
+        if exact and sample["count"] > total:
+            raise SpecError(file, "sample.count", f"{sample['count']:,} points asked of a grid "
+                                                  f"of {total:,}; drop [sample] to run every "
+                                                  f"point, or ask for at most {total:,}")
         n_points = min(int(sample["count"]), total)
     elif sample is not None:  # as Sweep._sample_count, exactly where a float could overflow
         f = sample["fraction"]

@@ -152,3 +152,51 @@ def test_check_command_validates_without_writing(tmp_path, cli):
     f.write_text('name = "a"\nexperiment = "eos.mean_model"\nsteps = 10\n[fixed]\nd = 0\n')
     code, out, err = cli("check", f)
     assert code == 2 and "d" in err and out == ""
+
+
+@pytest.mark.parametrize("opts,needles", [
+    ("k = 0", ["probes.sharpness.k", "between 1 and the model's 2 parameters", "got 0"]),
+    ("k = 5", ["probes.sharpness.k", "between 1 and the model's 2 parameters", "got 5"]),
+    ('method = "qr"', ["probes.sharpness.method", "'auto', 'dense', 'lanczos'", "'qr'"]),
+    ("iters = 0", ["probes.sharpness.iters", "got 0"]),
+])
+def test_probe_options_are_checked_against_the_model(opts, needles, tmp_path, cli):
+    """k > parameter count used to give made-up sharpness_3..5 copies (JAX clamps indices)."""
+    _refused(cli, tmp_path, 'name = "p"\nexperiment = "eos.single_neuron"\nsteps = 10\n'
+                            f'probes = {{ sharpness = {{ {opts}, every = 5 }} }}\n', *needles)
+
+
+def test_bottleneck_probe_options_are_checked(tmp_path, cli):
+    _refused(cli, tmp_path, 'name = "p"\nexperiment = "bottleneck.three_layer"\nsteps = 10\n'
+                            'probes = { ntk = { n_eig = 0 } }\n[fixed]\nd = 4\nwidth = 8\n'
+                            'n_train = 64\nbatch = 8\n', "probes.ntk.n_eig", "got 0")
+
+
+def test_a_sample_count_larger_than_the_grid_is_refused(tmp_path, cli):
+    _refused(cli, tmp_path, 'name = "s"\nexperiment = "eos.mean_model"\nsteps = 10\n'
+                            '[grid]\nlr = [0.01, 0.02]\n[sample]\ncount = 5\n',
+             "key 'sample.count'", "5 points asked of a grid of 2")
+
+
+def test_a_repeated_zip_point_is_run_once(tmp_path, cli):
+    f = tmp_path / "z.toml"
+    f.write_text('name = "z"\nexperiment = "eos.mean_model"\nsteps = 10\nseeds = 2\n'
+                 'log = { every = 5 }\n[zip]\nlr = [0.01, 0.01, 0.02]\nd = [100, 100, 200]\n')
+    code, out, err = cli("check", f)
+    assert code == 0 and "4 runs" in out and "2 duplicate" in out, out + err
+    code, out, err = cli("run", f, "--out", tmp_path / "res", "--quiet")
+    assert code == 0 and "4 total" in out, err
+    runs = jaxdyn.load("z", root=tmp_path / "res").runs
+    assert len(runs) == 4 and runs.run_id.is_unique
+
+
+def test_plot_from_python_speaks_of_its_arguments(tmp_path, cli):
+    from jaxdyn.results import QueryError, plot
+
+    root = _quick(tmp_path, cli)
+    with pytest.raises(QueryError, match=r"^y='nope': no such column") as e:
+        plot("base", "step", "nope", tmp_path / "p.png", root=root)
+    assert "--" not in str(e.value)
+    code, out, err = cli("plot", "base", "--x", "step", "--y", "nope", "-o", tmp_path / "p.png",
+                         "--out", root)
+    assert code == 2 and "--y nope: no such column" in err

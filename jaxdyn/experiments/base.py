@@ -53,12 +53,17 @@ class Probe:
     ``opts`` the sweep's table merged over ``defaults``. The engine calls it at step 0, at
     every logged step at least ``every`` steps after its previous call, and at the last step;
     elsewhere its columns are NaN.
+
+    ``check(exp, state, static, opts)``, optional, refuses option values before anything is
+    compiled: it gets the state as abstract arrays (``.shape``, ``.dtype``) and raises
+    ``ValueError("k must be <= the 3 parameters, got 5")`` for a value that makes no sense.
     """
 
     name: str
     doc: str
     fn: Callable[..., dict]
     defaults: dict = field(default_factory=lambda: {"every": 1})
+    check: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)

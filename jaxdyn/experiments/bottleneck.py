@@ -346,6 +346,13 @@ def _ntk_probe(exp, state, static, hp, data, opts):
             "ntk_min_eig": ev[0], "ntk_max_eig": ev[-1]}
 
 
+def _ntk_check(exp, state, static, opts):
+    for k, most in (("n_change", "n_val"), ("n_eig", "n_train")):
+        if not 1 <= opts[k] <= static[most]:
+            raise ValueError(f"{k} must be between 1 and {most} = {static[most]}, got "
+                             f"{opts[k]}")
+
+
 NTK_PROBE = Probe(
     name="ntk",
     doc="relative NTK change ‖K_t − K_0‖_F/‖K_0‖_F on the first n_change validation points "
@@ -353,6 +360,7 @@ NTK_PROBE = Probe(
         "training points (ntk_min_eig, ntk_max_eig); the kernel of the trained parameters",
     fn=_ntk_probe,
     defaults={"every": 1000, "n_change": 64, "n_eig": 32},
+    check=_ntk_check,
 )
 
 
@@ -372,12 +380,20 @@ def _g_grid_probe(exp, state, static, hp, data, opts):
     return {"g_grid": g}
 
 
+def _g_grid_check(exp, state, static, opts):
+    if opts["n_grid"] < 1:
+        raise ValueError(f"n_grid must be >= 1, got {opts['n_grid']}")
+    if not opts["z_max"] > 0:
+        raise ValueError(f"z_max must be > 0, got {opts['z_max']}")
+
+
 G_GRID_PROBE = Probe(
     name="g_grid",
     doc="g_θ(z) on linspace(−z_max, z_max, n_grid) (array column g_grid; g* for fix_g, NaN "
         "for k > 1); for frame plots against the data projected on the current w",
     fn=_g_grid_probe,
     defaults={"every": 1000, "n_grid": 41, "z_max": 3.0},
+    check=_g_grid_check,
 )
 
 
@@ -531,7 +547,11 @@ def _on_1d(probe: Probe) -> Probe:
     def fn(exp, state, static, hp, data, opts):
         return probe.fn(exp, state, _as_1d(static), hp, data, opts)
 
-    return Probe(probe.name, probe.doc, fn, probe.defaults)
+    def check(exp, state, static, opts):
+        if probe.check is not None:
+            probe.check(exp, state, _as_1d(static), opts)
+
+    return Probe(probe.name, probe.doc, fn, probe.defaults, check)
 
 
 def _1d_measure(state, static, hp, data):

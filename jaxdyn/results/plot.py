@@ -27,7 +27,7 @@ HUE_BINS = 8
 def plot(name_or_dir: str | Path, x: str, y: str, out: str | Path, *, hue: str | None = None,
          where: str | None = None, logx: bool = False, logy: bool = False,
          spread: str = "minmax", root: str | Path | None = None,
-         max_lines: int = 200) -> dict:
+         max_lines: int = 200, _cli: bool = False) -> dict:
     """A quick figure of one sweep's tables, written to ``out`` (PNG, PDF, SVG by suffix).
 
     ``x``/``y`` are curves columns (``--x step --y loss``: mean over the runs of each ``hue``
@@ -53,36 +53,44 @@ def plot(name_or_dir: str | Path, x: str, y: str, out: str | Path, *, hue: str |
         raise QueryError(f"{res.name}: no finished chunks yet; nothing to plot")
     with _connect_folders([res.path]) as con:  # one snapshot for every query of the plot
         return _plot(res, con, rcols, ccols, x, y, out, hue, where, logx, logy, spread,
-                     max_lines, FigureCanvasAgg, Figure, Patch)
+                     max_lines, FigureCanvasAgg, Figure, Patch, _cli)
 
 
 def _plot(res, con, rcols, ccols, x, y, out, hue, where, logx, logy, spread, max_lines,
-          FigureCanvasAgg, Figure, Patch) -> dict:
+          FigureCanvasAgg, Figure, Patch, cli) -> dict:
+    def o(name, value=None, quote=False):
+        """An argument as the caller wrote it: ``--x step`` (CLI) or ``x='step'`` (Python)."""
+        if value is None:
+            return f"--{name}" if cli else name
+        if cli:
+            return f"--{name} {value!r}" if quote else f"--{name} {value}"
+        return f"{name}={value!r}"
+
     types = _column_types(con)
 
     def where_is(c):
         return [t for t, cs in (("curves", ccols), ("runs", rcols)) if c in cs]
 
-    for opt, c in (("--x", x), ("--y", y)):
+    for opt, c in (("x", x), ("y", y)):
         if not where_is(c):
-            raise QueryError(f"{opt} {c}: no such column in {res.name}; curves columns: "
+            raise QueryError(f"{o(opt, c)}: no such column in {res.name}; curves columns: "
                              f"{', '.join(ccols)}; runs columns: {', '.join(rcols)}")
         if "[" in types.get(c, ""):
-            raise QueryError(f"{opt} {c}: an array metric ({types[c]}); plot one of its "
+            raise QueryError(f"{o(opt, c)}: an array metric ({types[c]}); plot one of its "
                              f"elements with 'jaxdyn query' or the Python API")
     if hue is not None and hue not in rcols:
-        raise QueryError(f"--hue {hue}: no such runs column in {res.name}; runs columns: "
+        raise QueryError(f"{o('hue', hue)}: no such runs column in {res.name}; runs columns: "
                          f"{', '.join(rcols)}")
     if x in ccols and y in ccols and x != "run_id":
         mode = "steps" if x == "step" else "trajectories"
     elif x in rcols and y in rcols:
         mode = "runs"
     elif x in rcols:
-        raise QueryError(f"--x {x} is a runs column but --y {y} is a curves column; plot a "
-                         f"runs column against it (final_{y}?), or use --x step")
+        raise QueryError(f"{o('x', x)} is a runs column but {o('y', y)} is a curves column; plot "
+                         f"a runs column against it (final_{y}?), or use {o('x', 'step')}")
     else:
-        raise QueryError(f"--x {x} is a curves column but --y {y} is a runs column; use a "
-                         f"curves metric for --y (one of {', '.join(ccols[2:])})")
+        raise QueryError(f"{o('x', x)} is a curves column but {o('y', y)} is a runs column; use "
+                         f"a curves metric for {o('y')} (one of {', '.join(ccols[2:])})")
 
     X, Y = _sql_ident(x), _sql_ident(y)
     H = _sql_ident(hue) if hue else "NULL"
@@ -91,10 +99,10 @@ def _plot(res, con, rcols, ccols, x, y, out, hue, where, logx, logy, spread, max
     try:
         counts = con.df(f"SELECT hue, count(*) AS n FROM ({sel}) GROUP BY hue ORDER BY hue")
     except QueryError as e:
-        raise QueryError(f"--where {where!r}: {e}" if where else str(e)) from None
+        raise QueryError(f"{o('where', where, True)}: {e}" if where else str(e)) from None
     n_runs = int(counts.n.sum())
     if n_runs == 0:
-        raise QueryError(f"{res.name}: no runs match" + (f" --where {where!r}" if where else ""))
+        raise QueryError(f"{res.name}: no runs match" + (f" {o('where', where, True)}" if where else ""))
     bins: dict[int, str] = {}
     if hue and pd.api.types.is_numeric_dtype(counts.hue) and len(counts) > MAX_HUE_LINES:
         # too many values for one line each: HUE_BINS bins (log-spaced over a positive range
@@ -119,8 +127,8 @@ def _plot(res, con, rcols, ccols, x, y, out, hue, where, logx, logy, spread, max
     per_run = False
     if mode == "trajectories":
         if n_runs > max_lines:
-            raise QueryError(f"--x {x}: one line per run, but {n_runs} runs match; narrow them "
-                             f"with --where (at most {max_lines})")
+            raise QueryError(f"{o('x', x)}: one line per run, but {n_runs} runs match; narrow "
+                             f"them with {o('where')} (at most {max_lines})")
         per_run = True
     elif hue is None and mode == "steps" and n_runs <= 12:
         per_run = True  # a few runs: one line each
