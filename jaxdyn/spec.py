@@ -126,8 +126,13 @@ def _axis_values(file, key: str, spec, param: Param) -> list | _Range:
             raise SpecError(file, f"{key}.spacing", f"expected 'linear' or 'log', got {spacing!r}")
         start, stop = spec["start"], spec["stop"]
         for k, v in (("start", start), ("stop", stop)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    abs(v) < 1e308 and math.isfinite(v)):
                 raise SpecError(file, f"{key}.{k}", f"expected a finite number, got {v!r}")
+            if param.type is int and not -2**63 <= v < 2**63:
+                raise SpecError(file, f"{key}.{k}", f"'{param.name}' = {v} does not fit in "
+                                                    f"a 64-bit integer (the tables' int64 "
+                                                    f"column)")
         if spacing == "log" and (start <= 0 or stop <= 0):
             raise SpecError(file, key, "log spacing needs start > 0 and stop > 0")
         if param.type not in (int, float):

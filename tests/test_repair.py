@@ -205,3 +205,42 @@ def test_force_twice_in_one_second_never_collides(done, cli, tmp_path):
         code, _, err = cli("run", f, "--out", root, "--force", "--quiet")
         assert code == 0, err
     assert len([p for p in root.iterdir() if p.name.startswith("rep.replaced-")]) == 3
+
+
+@pytest.mark.slow
+def test_100k_runs_with_parts_truncated_and_deleted_end_bitwise_identical(tmp_path, cli):
+    """The issue's acceptance case: a 100,000-run sweep, 5 parts truncated and 1 deleted at
+    random, is after one `jaxdyn run` bitwise the undamaged sweep, and status shows the
+    repair."""
+    import random
+
+    path = tmp_path / "big.toml"
+    path.write_text('name = "big"\nexperiment = "eos.mean_model"\nsteps = 20\nseeds = 100\n'
+                    'log = { every = 10 }\n[grid]\n'
+                    'lr = { start = 1e-4, stop = 0.2, num = 1000, spacing = "log" }\n')
+    ref, dmg = tmp_path / "ref", tmp_path / "dmg"
+    code, out, err = cli("run", path, "--out", ref, "--chunk-size", 2000, "--quiet")
+    assert code == 0 and "100000 total" in out, err
+    shutil.copytree(ref / "big", dmg / "big")
+    folder = dmg / "big"
+    parts = sorted(p.name for p in (folder / "runs").glob("part-*.parquet"))
+    assert len(parts) >= 40
+    rng = random.Random(16)
+    victims = rng.sample(parts, 6)
+    for name in victims[:5]:
+        truncate(folder / rng.choice(["runs", "curves"]) / name)
+    (folder / rng.choice(["runs", "curves"]) / victims[5]).unlink()
+
+    code, out, err = cli("status", "big", "--out", dmg)
+    assert "6 part(s)" in out and "repair    jaxdyn run" in out, out
+    code, out, err = cli("run", path, "--out", dmg, "--chunk-size", 2000)
+    assert code == 0, err
+    assert "repaired   6 damaged part(s)" in out and "12000 run now" in out, out
+    r_ref, c_ref = tables(ref / "big")
+    r, c = tables(folder)
+    assert len(r) == 100_000 and r.run_id.is_unique and len(c) == 300_000
+    pd.testing.assert_frame_equal(r, r_ref)
+    pd.testing.assert_frame_equal(c, c_ref)
+    code, out, err = cli("status", "big", "--out", dmg)
+    assert out.splitlines()[0].split()[-1] == "complete"
+    assert "repaired  6 damaged part(s) were moved to" in out
