@@ -206,7 +206,9 @@ def check_values(exp, sweep) -> None:
     if exp.check is None:
         return
     static_names = set(exp.static_names)
-    for _, hp_all in sweep.point_hps():
+    # the distinct grid points: the runs of a point share its hp dict (Sweep.runs)
+    points = {id(r.hp): r.hp for r in sweep.runs()}
+    for hp_all in points.values():
         st = {k: v for k, v in hp_all.items() if k in static_names}
         hp = {k: v for k, v in hp_all.items() if k not in static_names}
         try:

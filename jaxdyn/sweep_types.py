@@ -198,6 +198,8 @@ class Sweep:
     save_params: str | None = None
     #: runs dropped by :meth:`runs` because an earlier grid point had the same run_id
     duplicates: int = 0
+    #: :meth:`runs`, once computed (a sweep is not changed after validation)
+    _runs: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
@@ -274,7 +276,10 @@ class Sweep:
     def runs(self) -> list[Run]:
         """Every run, in grid order then seed order; a point whose run_id an earlier point
         already has (a repeated value, ``100`` and ``100.0``, overlapping ``[[grid]]``
-        blocks) is dropped and counted in :attr:`duplicates`."""
+        blocks) is dropped and counted in :attr:`duplicates`. Computed once; the runs of a
+        grid point share one ``hp`` dict."""
+        if self._runs is not None:
+            return list(self._runs)
         out = []
         dropped = 0
         for key, hp in self.point_hps(with_duplicates=True):
@@ -284,7 +289,8 @@ class Sweep:
             for s in self.seeds:
                 out.append(Run(run_id("", hp, s, 0, "", key=key), s, hp))
         self.duplicates = dropped
-        return out
+        self._runs = out
+        return list(out)
 
     def point_hps(self, with_duplicates: bool = False) -> Iterator[tuple[str | None, dict]]:
         """``(run_key, hyperparameters)`` of every distinct grid point, in grid order: the
