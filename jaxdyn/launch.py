@@ -236,6 +236,13 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
                                                    f"cannot say which part of its state "
                                                    f"holds the parameters")
     contract.check_values(exp, sweep)
+    if sweep.refine is not None or sweep.stop is not None:
+        from jaxdyn.adaptive import _refine
+
+        _refine.check(sweep, exp)  # the predicates' columns and metrics
+        if sweep.refine is not None and distributed:
+            raise SpecError(sweep.file, "refine", "[refine] does not run with --distributed "
+                                                  "yet; run it in one process")
     signatures = engine.static_signatures(sweep, exp)
     for sig in signatures:
         static = engine.group_static(sweep, sig)
@@ -299,9 +306,14 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
         print(f"[jaxdyn] previous results moved to {store.moved_aside}", file=sys.stderr)
     bar = progress or Progress(sweep, quiet)
     try:
-        s = engine.run_sweep(sweep, exp, store, chunk_size=chunk_size,
-                             micro_batch=micro_batch, progress=bar, probes=probes,
-                             process_index=pi, process_count=pc)
+        kw = dict(chunk_size=chunk_size, micro_batch=micro_batch, progress=bar,
+                  probes=probes, process_index=pi, process_count=pc)
+        if sweep.refine is not None:  # rounds of ordinary runs around the sweep loop
+            from jaxdyn.adaptive._refine import run_refine
+
+            s = run_refine(sweep, exp, store, engine.run_sweep, **kw)
+        else:
+            s = engine.run_sweep(sweep, exp, store, **kw)
         if pc > 1:
             from jax.experimental import multihost_utils
 

@@ -395,6 +395,9 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     if not isinstance(description, str):
         raise SpecError(file, "description", "expected a string")
 
+    refine = _refine_key(file, doc, by_name, blocks_v, grids, zipped, fixed)
+    stop = _stop_key(file, doc)
+
     # Everything is checked; count the runs before expanding seeds and ranges.
     _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs)
     if seeds is None:
@@ -410,7 +413,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                   probes=dict(probes), params=params, file=str(file) if file else None,
                   source=source, description=description, chunk_size=chunk_size,
                   diverge_above=diverge_above, grids=grids if len(grids) > 1 else [],
-                  knob_names=knob_names, save_params=save_params)
+                  knob_names=knob_names, save_params=save_params, refine=refine, stop=stop)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
                  "log": dict(log_v), "precision": precision, "fixed": fixed,
                  "grid": grids if len(grids) > 1 else grid,
@@ -418,12 +421,95 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                  "diverge_above": diverge_above}
     # keys added after schema 1 enter the hash only when used: older sweeps keep theirs
     for k, v in (("optimizer", doc.get("optimizer")), ("schedule", doc.get("schedule")),
-                 ("save", doc.get("save"))):
+                 ("save", doc.get("save")), ("refine", refine), ("stop", stop)):
         if v is not None:
             sweep.doc[k] = v
     if sweep.n_points() == 0:
         raise SpecError(file, "grid", "the grid is empty")
     return sweep
+
+
+# ---- adaptive sweeps (jaxdyn.adaptive): [refine] and stop ---------------------------------
+REFINE_KEYS = ("axis", "where", "rounds", "points", "spacing")
+
+
+def _refine_key(file, doc: dict, by_name: dict, blocks_v, grids, zipped, fixed) -> dict | None:
+    """``[refine]``: which grid axis to refine, the predicate whose flips are brackets, the
+    rounds and the new points per bracket and round. The predicate's columns are checked
+    once the experiment's metrics are known (``jaxdyn.adaptive.check``)."""
+    if "refine" not in doc:
+        return None
+    r = _table(file, doc, "refine")
+    for k in r:
+        if k not in REFINE_KEYS:
+            raise SpecError(file, f"refine.{k}", f"unknown key; expected one of "
+                                                 f"{list(REFINE_KEYS)}{_closest(k, REFINE_KEYS)}")
+    for k in ("axis", "where"):
+        if k not in r:
+            raise SpecError(file, f"refine.{k}", "missing required key")
+    axis = r["axis"]
+    axes = list(dict.fromkeys(k for g in grids for k in g))
+    if not isinstance(axis, str) or axis not in axes:
+        where = ""
+        if isinstance(axis, str) and axis in zipped:
+            where = f" ('{axis}' is in [zip]; refine needs it in [grid])"
+        elif isinstance(axis, str) and axis in fixed:
+            where = f" ('{axis}' is in [fixed]; refine needs it in [grid])"
+        raise SpecError(file, "refine.axis", f"expected a [grid] axis, got {axis!r}{where}; "
+                        f"grid axes: {axes}"
+                        f"{_closest(axis, axes) if isinstance(axis, str) else ''}")
+    param = by_name[axis]
+    if param.type not in (int, float):
+        raise SpecError(file, "refine.axis", f"expected a numeric axis; '{axis}' is "
+                                             f"{param.type.__name__}")
+    pred = r["where"]
+    if not isinstance(pred, str) or not pred.strip():
+        raise SpecError(file, "refine.where", f"expected a predicate on the runs table as a "
+                                              f"string (\"final_b < -0.01\"), got {pred!r}")
+    from jaxdyn.adaptive._predicate import PredicateError, check_where_syntax
+
+    try:
+        check_where_syntax(pred)
+    except PredicateError as e:
+        raise SpecError(file, "refine.where", str(e)) from None
+    rounds = _int(file, "refine.rounds", r.get("rounds", 8), minimum=0)
+    points = _int(file, "refine.points", r.get("points", 3), minimum=1)
+    # the spacing of the axis's range table (a list: linear), unless given
+    spacing = next((g[axis].get("spacing", "linear") for _, g in blocks_v
+                    if isinstance(g.get(axis), dict)), "linear")
+    if "spacing" in r:
+        spacing = r["spacing"]
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, "refine.spacing", f"expected 'linear' or 'log', got "
+                                                    f"{spacing!r}")
+    if spacing == "log":
+        for g in grids:
+            v = g.get(axis)
+            bad = (v.start <= 0 or v.stop <= 0) if isinstance(v, _Range) else \
+                any(x <= 0 for x in (v or []))
+            if bad:
+                raise SpecError(file, "refine.spacing", f"log spacing needs every '{axis}' "
+                                                        f"value > 0")
+    return {"axis": axis, "where": pred, "rounds": rounds, "points": points,
+            "spacing": spacing}
+
+
+def _stop_key(file, doc: dict) -> str | None:
+    """``stop``: a predicate on a run's metrics (``"loss < 1e-8"``), evaluated at log points;
+    the metric names are checked once the experiment's are known."""
+    if "stop" not in doc:
+        return None
+    text = doc["stop"]
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError(file, "stop", f"expected a predicate on metrics as a string "
+                                      f"(\"loss < 1e-8\"), got {text!r}")
+    from jaxdyn.adaptive._predicate import PredicateError, parse_stop
+
+    try:
+        parse_stop(text)
+    except PredicateError as e:
+        raise SpecError(file, "stop", str(e)) from None
+    return text
 
 
 class _Union:

@@ -101,8 +101,15 @@ def run_arrays(runs: Sequence[Run], dyn_names: Sequence[str]) -> tuple[dict, np.
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
                 diverge_above: float | None = None, axis_name: str | None = None,
-                save_params: str | None = None) -> Callable:
+                save_params: str | None = None, stop: Callable | None = None) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
+
+    ``stop``: a goal, ``stop(metrics) -> bool``, checked at every log point: a run that
+    reaches it is frozen there (its state stops changing, its later curve rows are NaN) and
+    an output ``(stopped_step, steps_run)`` follows ``step`` (``stopped_step`` -1 for a run
+    that never stopped; ``steps_run``: the steps its vmapped batch computed). A log
+    segment in which no run of the batch is still training (all stopped or diverged) is
+    skipped, one branch for the whole batch (``axis_name``), so the chunk ends early.
 
     ``save_params``: "final" or "log" appends a fifth output, ``exp.params_of_state`` of the
     final (frozen) state, or of the state at every log point (leading axis: log points).
@@ -202,6 +209,8 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 return (*carry, last), (ys, exp.params_of_state(state))
             return (*carry, last), ys
 
+        if stop is not None:
+            return run_with_stop(hp, k_step, data, state0, alive0, steps)
         shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
         last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
@@ -213,6 +222,67 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         if save_params == "final":
             return curves, final, alive, dstep, exp.params_of_state(state)
         return curves, final, alive, dstep
+
+    def run_with_stop(hp, k_step, data, state0, alive0, steps):
+        """``run`` with the goal: the same steps as ``segment``'s guarded path, for the runs
+        still training only, and the whole segment skipped when none is."""
+        def guarded(i, c):
+            state, active, dstep = c
+            new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
+            ok = active & _all_finite(new, bound)
+            return (_freeze(ok, new, state), ok, jnp.where(active & ~ok, i + 1, dstep))
+
+        def segment(carry, seg):
+            start, n, probe_flags = seg
+            state, alive, dstep, last, sstep, nrun = carry
+            active = alive & (sstep < 0)
+
+            def advance():
+                def fast(i, c):
+                    st, bad = c
+                    new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
+                    return new, bad | ~_all_finite(new, bound)
+
+                fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
+                fast_state = _freeze(active, fast_state, state)
+                bad = active & bad
+                any_bad = jax.lax.psum(bad.astype(jnp.int32), axis_name) > 0 \
+                    if axis_name else bad
+                st, ok, ds = jax.lax.cond(
+                    any_bad, lambda: steps(guarded, start, n, (state, active, dstep)),
+                    lambda: (fast_state, active, dstep))
+                # a stopped run stays alive (``ok`` is False for it: it did not step)
+                return st, jnp.where(active, ok, alive), ds
+
+            n_active = jax.lax.psum(active.astype(jnp.int32), axis_name) if axis_name \
+                else active.astype(jnp.int32)
+            state, alive, dstep = jax.lax.cond(n_active > 0, advance,
+                                               lambda: (state, alive, dstep))
+            nrun = nrun + jnp.where(n_active > 0, n, 0).astype(nrun.dtype)
+            m = measure(state, hp, data, probe_flags)
+            was_stopped = sstep >= 0
+            hit = alive & ~was_stopped & stop({k: m[k] for k in metric_keys})
+            sstep = jnp.where(hit, start + n, sstep)
+            last = {k: jnp.where(was_stopped, last[k], m[k]) for k in metric_keys}
+            ys = {k: jnp.where(alive & ~was_stopped, v, jnp.nan) for k, v in m.items()}
+            carry = (state, alive, dstep, last, sstep, nrun)
+            if save_params == "log":
+                return carry, (ys, exp.params_of_state(state))
+            return carry, ys
+
+        shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))
+        last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
+        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0,
+                  jnp.int64(-1), jnp.int64(0))
+        (state, alive, dstep, final, sstep, nrun), curves = jax.lax.scan(
+            segment, carry0, (starts, lengths, flags))
+        info = (sstep, nrun)
+        if save_params == "log":
+            curves, saved = curves
+            return curves, final, alive, dstep, info, saved
+        if save_params == "final":
+            return curves, final, alive, dstep, info, exp.params_of_state(state)
+        return curves, final, alive, dstep, info
     return run
 
 
