@@ -423,6 +423,13 @@ def _adaptive_lines(st: dict) -> list[str]:
     out = []
     if st.get("refine"):
         out.append(f"refine     {_refine_line(st['refine'])}")
+    if st.get("halving"):
+        h = st["halving"]
+        out.append(f"halving    runs per stage {', '.join(map(str, h['runs_per_stage']))} "
+                   f"(rungs {', '.join(map(str, h['rungs']))}); {h['run_steps']:,} run·steps "
+                   f"computed (schedule {h['run_steps_schedule']:,}, full grid "
+                   f"{h['run_steps_full']:,}: {1 - h['run_steps'] / h['run_steps_full']:.1%} "
+                   f"saved)")
     if st.get("stop"):
         t = st["stop"]
         out.append(f"stop       {t['stopped']} runs reached the goal; {t['run_steps']:,} of "

@@ -236,13 +236,14 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
                                                    f"cannot say which part of its state "
                                                    f"holds the parameters")
     contract.check_values(exp, sweep)
-    if sweep.refine is not None or sweep.stop is not None:
+    if sweep.refine is not None or sweep.stop is not None or sweep.halving is not None:
         from jaxdyn.adaptive import _refine
 
         _refine.check(sweep, exp)  # the predicates' columns and metrics
-        if sweep.refine is not None and distributed:
-            raise SpecError(sweep.file, "refine", "[refine] does not run with --distributed "
-                                                  "yet; run it in one process")
+        for key in ("refine", "halving"):
+            if getattr(sweep, key) is not None and distributed:
+                raise SpecError(sweep.file, key, f"[{key}] does not run with --distributed "
+                                                 f"yet; run it in one process")
     signatures = engine.static_signatures(sweep, exp)
     for sig in signatures:
         static = engine.group_static(sweep, sig)
@@ -312,6 +313,10 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
             from jaxdyn.adaptive._refine import run_refine
 
             s = run_refine(sweep, exp, store, engine.run_sweep, **kw)
+        elif sweep.halving is not None:  # rungs of compacted, carried-over chunks
+            from jaxdyn.adaptive._halving import run_halving
+
+            s = run_halving(sweep, exp, store, **kw)
         else:
             s = engine.run_sweep(sweep, exp, store, **kw)
         if pc > 1:

@@ -397,6 +397,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
 
     refine = _refine_key(file, doc, by_name, blocks_v, grids, zipped, fixed)
     stop = _stop_key(file, doc)
+    halving = _halving_key(file, doc, by_name, steps, log, refine, stop)
 
     # Everything is checked; count the runs before expanding seeds and ranges.
     _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs)
@@ -413,7 +414,8 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                   probes=dict(probes), params=params, file=str(file) if file else None,
                   source=source, description=description, chunk_size=chunk_size,
                   diverge_above=diverge_above, grids=grids if len(grids) > 1 else [],
-                  knob_names=knob_names, save_params=save_params, refine=refine, stop=stop)
+                  knob_names=knob_names, save_params=save_params, refine=refine, stop=stop,
+                  halving=halving)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
                  "log": dict(log_v), "precision": precision, "fixed": fixed,
                  "grid": grids if len(grids) > 1 else grid,
@@ -421,7 +423,8 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                  "diverge_above": diverge_above}
     # keys added after schema 1 enter the hash only when used: older sweeps keep theirs
     for k, v in (("optimizer", doc.get("optimizer")), ("schedule", doc.get("schedule")),
-                 ("save", doc.get("save")), ("refine", refine), ("stop", stop)):
+                 ("save", doc.get("save")), ("refine", refine), ("stop", stop),
+                 ("halving", halving)):
         if v is not None:
             sweep.doc[k] = v
     if sweep.n_points() == 0:
@@ -625,3 +628,64 @@ def load(path: str | Path, params_of, overrides: Sequence[str] = (),
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(path, None, f"cannot read: {e}") from None
     return parse(text, params_of, file=path, overrides=overrides, max_runs=max_runs)
+
+
+HALVING_KEYS = ("metric", "mode", "keep", "rungs", "by")
+
+
+def _halving_key(file, doc: dict, by_name: dict, steps: int, log, refine, stop) -> dict | None:
+    """``[halving]``: successive halving. At each rung (a logged step) the best ``keep``
+    fraction of the runs by ``metric`` (``mode`` "min" or "max") continues, within groups
+    of runs sharing the ``by`` hyperparameters (default: across the whole sweep). The
+    metric's name is checked once the experiment's are known."""
+    if "halving" not in doc:
+        return None
+    h = _table(file, doc, "halving")
+    for k in h:
+        if k not in HALVING_KEYS:
+            raise SpecError(file, f"halving.{k}", f"unknown key; expected one of "
+                                                  f"{list(HALVING_KEYS)}{_closest(k, HALVING_KEYS)}")
+    for k in ("metric", "keep", "rungs"):
+        if k not in h:
+            raise SpecError(file, f"halving.{k}", "missing required key")
+    if refine is not None or stop is not None or "save" in doc:
+        other = "[refine]" if refine is not None else "stop" if stop is not None else "save"
+        raise SpecError(file, "halving", f"[halving] cannot be combined with {other} yet")
+    metric = h["metric"]
+    if not isinstance(metric, str) or not metric:
+        raise SpecError(file, "halving.metric", f"expected a metric name, got {metric!r}")
+    mode = h.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise SpecError(file, "halving.mode", f"expected 'min' or 'max', got {mode!r}")
+    keep = h["keep"]
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
+        raise SpecError(file, "halving.keep", f"expected a fraction in (0, 1), got {keep!r}")
+    rungs = h["rungs"]
+    if not isinstance(rungs, list) or not rungs:
+        raise SpecError(file, "halving.rungs", f"expected a non-empty list of steps, got "
+                                               f"{rungs!r}")
+    rungs = [_int(file, f"halving.rungs[{i}]", r, minimum=1) for i, r in enumerate(rungs)]
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise SpecError(file, "halving.rungs", f"expected strictly increasing steps, got "
+                                               f"{rungs}")
+    if rungs[-1] >= steps:
+        raise SpecError(file, "halving.rungs", f"expected steps below the sweep's steps "
+                                               f"({steps}), got {rungs[-1]}")
+    logged = set(log.steps(steps).tolist())
+    for i, r in enumerate(rungs):
+        if r not in logged:
+            near = sorted(logged, key=lambda s: abs(s - r))[:2]
+            raise SpecError(file, f"halving.rungs[{i}]", f"{r} is not a logged step (the "
+                                                         f"metric is read there); nearest "
+                                                         f"logged steps: {sorted(near)}")
+    by = h.get("by", [])
+    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+        raise SpecError(file, "halving.by", f"expected a list of hyperparameter names (runs "
+                                            f"compete within groups sharing them; [] for "
+                                            f"the whole sweep), got {by!r}")
+    names = ["seed", *by_name]
+    for b in by:
+        if b not in names:
+            raise SpecError(file, "halving.by", f"unknown hyperparameter {b!r}"
+                                                f"{_closest(b, names)}; known: {sorted(names)}")
+    return {"metric": metric, "mode": mode, "keep": float(keep), "rungs": rungs, "by": by}

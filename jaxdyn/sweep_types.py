@@ -23,7 +23,8 @@ import numpy as np
 
 SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
                "zip", "sample", "probes", "description", "chunk_size", "diverge_above",
-               "optimizer", "schedule", "save", "refine", "stop")
+               "optimizer", "schedule", "save", "refine", "stop",
+               "halving")
 #: ``save = { params = ... }``: which parameter snapshots are written (params/ table)
 SAVE_PARAMS = ("final", "log")
 PRECISIONS = ("float32", "float64")
@@ -179,6 +180,8 @@ class Sweep:
     refine: dict | None = None
     #: ``stop``: a predicate on metrics that freezes a run at its goal (jaxdyn.adaptive)
     stop: str | None = None
+    #: ``[halving]``: {metric, mode, keep, rungs, by} (jaxdyn.adaptive), or None
+    halving: dict | None = None
 
     @property
     def hash(self) -> str:

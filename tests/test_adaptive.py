@@ -280,3 +280,110 @@ def test_bad_adaptive_keys_are_refused_before_compute(extra, key, expect, cli, w
     assert code == 2, (out, err)
     assert str(path) in err and f"key '{key}'" in err and expect in err, err
     assert not (tmp_path / "out" / "bad").exists()
+
+
+# ---- successive halving ------------------------------------------------------------------
+def halving_sweep(name, halving=None, precision="float32", steps=400):
+    doc = {"name": name, "experiment": "eos.mean_model", "steps": steps, "seeds": 2,
+           "log": {"every": 50}, "precision": precision,
+           "fixed": {"init_scale": 0.01, "d": 50},
+           "grid": {"lr": {"start": 0.005, "stop": 0.02, "num": 16, "spacing": "log"}}}
+    if halving:
+        doc["halving"] = halving
+    return doc
+
+
+HALVING = {"metric": "b", "mode": "min", "keep": 0.25, "rungs": [100, 200]}
+
+
+def test_halving_survivors_are_bitwise_full_runs_and_run_steps_follow_the_schedule(tmp_path):
+    """Done-when 3: survivors' rows and curves are bitwise a full run's; culled runs keep
+    their curves up to their rung (and no row after) with culled_step; the run·steps counted
+    on the device equal the schedule's arithmetic: 32 runs to step 100, the best 8 (by b,
+    min) to 200, the best 2 to 400, each stage one chunk padded to 16 (2 devices x 8)."""
+    h = jaxdyn.run(halving_sweep("halv", HALVING), out=tmp_path, quiet=True, micro_batch=0)
+    full = jaxdyn.run(halving_sweep("full"), out=tmp_path, quiet=True, micro_batch=0)
+    runs, curves = table(h.folder)
+    fruns, fcurves = table(full.folder)
+    assert runs.run_id.tolist() == fruns.run_id.tolist()
+    counts = runs.culled_step.value_counts(dropna=False)
+    assert counts[100] == 24 and counts[200] == 6 and runs.culled_step.isna().sum() == 2
+    # the survivors of each rung are the best by b at that rung in the full runs (plain loop)
+    fb = fcurves.set_index(["run_id", "step"]).b
+    alive = list(fruns.run_id)
+    for rung in (100, 200):
+        ranked = sorted(alive, key=lambda r: (fb[(r, rung)], r))
+        kept = ranked[:math.ceil(0.25 * len(alive))]
+        culled = set(alive) - set(kept)
+        assert set(runs[runs.culled_step == rung].run_id) == culled
+        alive = kept
+    surv = runs[runs.culled_step.isna()]
+    assert sorted(surv.run_id) == sorted(alive)
+    cols = [c for c in fruns.columns]
+    pd.testing.assert_frame_equal(
+        surv[cols].reset_index(drop=True),
+        fruns[fruns.run_id.isin(alive)].reset_index(drop=True), check_exact=True)
+    for rid, cs in runs.set_index("run_id").culled_step.items():
+        mine = curves[curves.run_id == rid].reset_index(drop=True)
+        ref = fcurves[fcurves.run_id == rid]
+        if not np.isnan(cs):
+            ref = ref[ref.step <= cs]
+            assert runs.set_index("run_id").final_b[rid] == fb[(rid, int(cs))]
+        pd.testing.assert_frame_equal(mine, ref.reset_index(drop=True), check_exact=True)
+    st = h.stats["halving"]
+    assert st["runs_per_stage"] == [32, 8, 2]
+    assert st["run_steps_schedule"] == 32 * 100 + 8 * 100 + 2 * 200
+    assert st["run_steps"] == 32 * 100 + 16 * 100 + 16 * 200  # padded batches, counted
+    assert st["run_steps_full"] == 32 * 400
+    assert full.stats["run_steps_full"] == 32 * 400
+
+
+def test_halving_per_group_and_resume_after_a_kill(tmp_path, monkeypatch):
+    """by = ["seed"]: each seed's 16 runs compete alone (16 -> 4 -> 1). A sweep killed in
+    its second stage resumes to the tables of an uninterrupted run."""
+    from jaxdyn.adaptive import _halving
+
+    doc = halving_sweep("grp", {**HALVING, "by": ["seed"]})
+    whole = jaxdyn.run({**doc, "name": "grp_whole"}, out=tmp_path / "a", quiet=True)
+    runs = whole.load().runs
+    assert runs[runs.culled_step.isna()].groupby("seed").size().tolist() == [1, 1]
+    assert runs[runs.culled_step == 200].groupby("seed").size().tolist() == [3, 3]
+    assert whole.stats["halving"]["runs_per_stage"] == [32, 8, 2]
+    real = _halving.StageRunner.run_stage
+
+    def dies_in_stage_2(self, runs, carry, lo, hi):
+        if lo >= 3:  # log points from step 150: the second stage
+            raise KeyboardInterrupt
+        return real(self, runs, carry, lo, hi)
+
+    monkeypatch.setattr(_halving.StageRunner, "run_stage", dies_in_stage_2)
+    with pytest.raises(KeyboardInterrupt):
+        jaxdyn.run(doc, out=tmp_path / "b", quiet=True)
+    monkeypatch.setattr(_halving.StageRunner, "run_stage", real)
+    part = jaxdyn.load("grp", root=tmp_path / "b").runs
+    assert len(part) == 24 and (part.culled_step == 100).all()
+    again = jaxdyn.run(doc, out=tmp_path / "b", quiet=True)
+    assert again.runs_done_before == 24 and again.runs_run == 8
+    for x, y in zip(table(whole.folder), table(again.folder)):
+        pd.testing.assert_frame_equal(x, y, check_exact=True)
+
+
+@pytest.mark.parametrize("extra,key,expect", [
+    ('metric = "b"\nkeep = 1.5\nrungs = [5]\n', "halving.keep", "(0, 1)"),
+    ('metric = "b"\nkeep = 0\nrungs = [5]\n', "halving.keep", "(0, 1)"),
+    ('metric = "b"\nkeep = 0.5\nrungs = [5, 5]\n', "halving.rungs", "strictly increasing"),
+    ('metric = "b"\nkeep = 0.5\nrungs = [20]\n', "halving.rungs", "below the sweep's steps"),
+    ('metric = "b"\nkeep = 0.5\nrungs = [3]\n', "halving.rungs[0]", "not a logged step"),
+    ('metric = "bb"\nkeep = 0.5\nrungs = [5]\n', "halving.metric", "did you mean 'b'"),
+    ('metric = "b"\nkeep = 0.5\nrungs = [5]\nby = ["dd"]\n', "halving.by",
+     "did you mean 'd'"),
+    ('metric = "b"\nkeep = 0.5\nrungs = [5]\nmode = "best"\n', "halving.mode", "'min' or"),
+    ('metric = "b"\nrungs = [5]\n', "halving.keep", "missing required key"),
+])
+def test_bad_halving_keys_are_refused_before_compute(extra, key, expect, cli, write_sweep,
+                                                     tmp_path):
+    path = write_sweep(BASE + "[halving]\n" + extra)
+    code, out, err = cli("run", path, "--out", tmp_path / "out", "--quiet")
+    assert code == 2, (out, err)
+    assert str(path) in err and f"key '{key}'" in err and expect in err, err
+    assert not (tmp_path / "out" / "bad").exists()

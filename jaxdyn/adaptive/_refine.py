@@ -33,6 +33,8 @@ def runs_columns(sweep, exp) -> dict[str, str]:
         cols["round"] = "BIGINT"
     if sweep.stop is not None:
         cols["stopped_step"] = "BIGINT"
+    if sweep.halving is not None:
+        cols["culled_step"] = "BIGINT"
     return cols
 
 
@@ -49,6 +51,15 @@ def check(sweep, exp) -> None:
                 hint = f" (did you mean '{m[0]}'?)" if m else ""
                 raise SpecError(sweep.file, "stop", f"no scalar metric {n!r} in {exp.name}"
                                                     f"{hint}; its scalar metrics: {scalars}")
+    if sweep.halving is not None:
+        scalars = [m.name for m in exp.metrics if tuple(m.shape) == ()]
+        n = sweep.halving["metric"]
+        if n not in scalars:
+            m = difflib.get_close_matches(n, scalars, n=1, cutoff=0.5)
+            hint = f" (did you mean '{m[0]}'?)" if m else ""
+            raise SpecError(sweep.file, "halving.metric", f"no scalar metric {n!r} in "
+                                                          f"{exp.name}{hint}; its scalar "
+                                                          f"metrics: {scalars}")
     if sweep.refine is not None:
         try:
             check_where(sweep.refine["where"], runs_columns(sweep, exp))

@@ -101,7 +101,8 @@ def run_arrays(runs: Sequence[Run], dyn_names: Sequence[str]) -> tuple[dict, np.
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
                 diverge_above: float | None = None, axis_name: str | None = None,
-                save_params: str | None = None, stop: Callable | None = None) -> Callable:
+                save_params: str | None = None, stop: Callable | None = None,
+                stage: bool = False) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
 
     ``stop``: a goal, ``stop(metrics) -> bool``, checked at every log point: a run that
@@ -110,6 +111,9 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
     that never stopped; ``steps_run``: the steps its vmapped batch computed). A log
     segment in which no run of the batch is still training (all stopped or diverged) is
     skipped, one branch for the whole batch (``axis_name``), so the chunk ends early.
+
+    ``stage``: return ``stage_run(dyn, seed, data, carry, lo, hi)`` instead, which computes
+    the log points lo..hi from a carry (successive halving, :mod:`jaxdyn.adaptive`).
 
     ``save_params``: "final" or "log" appends a fifth output, ``exp.params_of_state`` of the
     final (frozen) state, or of the state at every log point (leading axis: log points).
@@ -145,7 +149,9 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             m.update(jax.lax.cond(probe_flags[j], run_probe, lambda s=shapes: _nan_like(s)))
         return m
 
-    def run(dyn, seed, data):
+    def build(dyn, seed, data):
+        """A run's inputs, initial state and its ``segment`` (one log point's steps and
+        measurement, the body of the scan), shared by ``run`` and ``stage_run``."""
         hp, k_step, data, state0 = run_setup(exp, static, dyn, seed, data)
         alive0 = _all_finite(state0, bound)
 
@@ -209,11 +215,15 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 return (*carry, last), (ys, exp.params_of_state(state))
             return (*carry, last), ys
 
-        if stop is not None:
-            return run_with_stop(hp, k_step, data, state0, alive0, steps)
         shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
         last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
+        return hp, k_step, data, state0, alive0, steps, segment, carry0
+
+    def run(dyn, seed, data):
+        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        if stop is not None:
+            return run_with_stop(hp, k_step, data, state0, alive0, steps)
         (state, alive, dstep, final), curves = jax.lax.scan(segment, carry0,
                                                             (starts, lengths, flags))
         if save_params == "log":
@@ -222,6 +232,38 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         if save_params == "final":
             return curves, final, alive, dstep, exp.params_of_state(state)
         return curves, final, alive, dstep
+
+    def stage_run(dyn, seed, data, carry_in, lo, hi):
+        """Log points ``lo`` .. ``hi`` (indices) of a run, from ``carry_in`` (the carry after
+        log point lo - 1; ignored when lo is 0: the run starts from its initial state).
+        Returns ``(curves, carry, steps_run)``: curves NaN outside the window, the carry
+        after point hi, and the steps computed. The window is one branch per log point for
+        the whole batch (lo and hi are not batched): segments outside it cost nothing, and
+        the ones inside are ``run``'s own ``segment``, so a run computed in stages has the
+        bits of a run computed at once."""
+        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        carry = jax.lax.cond(lo == 0, lambda: carry0, lambda: carry_in)
+        xs = (starts, lengths, flags)
+        ys_shape = jax.eval_shape(lambda: segment(carry0, jax.tree.map(lambda x: x[0], xs)))[1]
+
+        def body(c, x):
+            carry, nrun = c
+            j, seg = x
+            inside = (j >= lo) & (j <= hi)
+            carry, ys = jax.lax.cond(inside, lambda: segment(carry, seg),
+                                     lambda: (carry, _nan_like(ys_shape)))
+            return (carry, nrun + jnp.where(inside, seg[1], 0)), ys
+
+        (carry, nrun), curves = jax.lax.scan(body, (carry, jnp.int64(0)),
+                                             (jnp.arange(len(log_steps)), xs))
+        return curves, carry, nrun
+
+    if stage:
+        if stop is not None or save_params is not None:
+            raise ValueError("stage_run: no goal stops or saved parameters")
+        # the carry a run starts from (for the shapes of a stage program's inputs)
+        stage_run.init_carry = lambda dyn, seed, data: build(dyn, seed, data)[-1]
+        return stage_run
 
     def run_with_stop(hp, k_step, data, state0, alive0, steps):
         """``run`` with the goal: the same steps as ``segment``'s guarded path, for the runs
