@@ -430,6 +430,11 @@ def _adaptive_lines(st: dict) -> list[str]:
                    f"computed (schedule {h['run_steps_schedule']:,}, full grid "
                    f"{h['run_steps_full']:,}: {1 - h['run_steps'] / h['run_steps_full']:.1%} "
                    f"saved)")
+    if st.get("search"):
+        t = st["search"]
+        failed = f", {t['failed']} failed" if t["failed"] else ""
+        out.append(f"search     {t['trials']} trials in {t['batches']} batches{failed}; best "
+                   f"{t['best_value']!r} (trial {t['best_trial']}: {t['best_params']})")
     if st.get("stop"):
         t = st["stop"]
         out.append(f"stop       {t['stopped']} runs reached the goal; {t['run_steps']:,} of "

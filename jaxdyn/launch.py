@@ -236,11 +236,11 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
                                                    f"cannot say which part of its state "
                                                    f"holds the parameters")
     contract.check_values(exp, sweep)
-    if sweep.refine is not None or sweep.stop is not None or sweep.halving is not None:
+    if any(getattr(sweep, k) is not None for k in ("refine", "stop", "halving", "search")):
         from jaxdyn.adaptive import _refine
 
         _refine.check(sweep, exp)  # the predicates' columns and metrics
-        for key in ("refine", "halving"):
+        for key in ("refine", "halving", "search"):
             if getattr(sweep, key) is not None and distributed:
                 raise SpecError(sweep.file, key, f"[{key}] does not run with --distributed "
                                                  f"yet; run it in one process")
@@ -313,6 +313,10 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
             from jaxdyn.adaptive._refine import run_refine
 
             s = run_refine(sweep, exp, store, engine.run_sweep, **kw)
+        elif sweep.search is not None:  # batches of proposals, each one sweep-loop call
+            from jaxdyn.adaptive._search import run_search
+
+            s = run_search(sweep, exp, store, engine.run_sweep, **kw)
         elif sweep.halving is not None:  # rungs of compacted, carried-over chunks
             from jaxdyn.adaptive._halving import run_halving
 

@@ -398,6 +398,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     refine = _refine_key(file, doc, by_name, blocks_v, grids, zipped, fixed)
     stop = _stop_key(file, doc)
     halving = _halving_key(file, doc, by_name, steps, log, refine, stop)
+    search = _search_key(file, doc, by_name, grids, zipped, refine, halving)
 
     # Everything is checked; count the runs before expanding seeds and ranges.
     _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs)
@@ -415,7 +416,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                   source=source, description=description, chunk_size=chunk_size,
                   diverge_above=diverge_above, grids=grids if len(grids) > 1 else [],
                   knob_names=knob_names, save_params=save_params, refine=refine, stop=stop,
-                  halving=halving)
+                  halving=halving, search=search)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
                  "log": dict(log_v), "precision": precision, "fixed": fixed,
                  "grid": grids if len(grids) > 1 else grid,
@@ -424,7 +425,7 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     # keys added after schema 1 enter the hash only when used: older sweeps keep theirs
     for k, v in (("optimizer", doc.get("optimizer")), ("schedule", doc.get("schedule")),
                  ("save", doc.get("save")), ("refine", refine), ("stop", stop),
-                 ("halving", halving)):
+                 ("halving", halving), ("search", search)):
         if v is not None:
             sweep.doc[k] = v
     if sweep.n_points() == 0:
@@ -689,3 +690,86 @@ def _halving_key(file, doc: dict, by_name: dict, steps: int, log, refine, stop) 
             raise SpecError(file, "halving.by", f"unknown hyperparameter {b!r}"
                                                 f"{_closest(b, names)}; known: {sorted(names)}")
     return {"metric": metric, "mode": mode, "keep": float(keep), "rungs": rungs, "by": by}
+
+
+SEARCH_KEYS = ("method", "trials", "batch", "metric", "mode", "seed", "space")
+SEARCH_METHODS = ("tpe", "cmaes", "random")
+
+
+def _search_key(file, doc: dict, by_name: dict, grids, zipped, refine, halving) -> dict | None:
+    """``[search]``: batched ask/tell search (Optuna). ``space`` holds one range table
+    ``{start, stop, spacing}`` per searched hyperparameter (like a grid range, without
+    ``num``). The metric column is checked once the experiment's metrics are known."""
+    if "search" not in doc:
+        return None
+    t = _table(file, doc, "search")
+    for k in t:
+        if k not in SEARCH_KEYS:
+            raise SpecError(file, f"search.{k}", f"unknown key; expected one of "
+                                                 f"{list(SEARCH_KEYS)}{_closest(k, SEARCH_KEYS)}")
+    for k in ("trials", "metric", "space"):
+        if k not in t:
+            raise SpecError(file, f"search.{k}", "missing required key")
+    if refine is not None or halving is not None:
+        raise SpecError(file, "search", f"[search] cannot be combined with "
+                                        f"{'[refine]' if refine is not None else '[halving]'} yet")
+    if any(g for g in grids) or zipped or "sample" in doc:
+        raise SpecError(file, "search", "[search] proposes the points itself: put the searched "
+                                        "hyperparameters in [search.space] and leave [grid], "
+                                        "[zip] and [sample] out ([fixed] is fine)")
+    method = t.get("method", "tpe")
+    if method not in SEARCH_METHODS:
+        raise SpecError(file, "search.method", f"expected one of {list(SEARCH_METHODS)}, got "
+                                               f"{method!r}{_closest(str(method), SEARCH_METHODS)}")
+    trials = _int(file, "search.trials", t["trials"], minimum=1)
+    batch = _int(file, "search.batch", t.get("batch", 64), minimum=1)
+    seed = _int(file, "search.seed", t.get("seed", 0), minimum=0)
+    metric = t["metric"]
+    if not isinstance(metric, str) or not metric:
+        raise SpecError(file, "search.metric", f"expected a runs-table column such as "
+                                               f"\"final_loss\", got {metric!r}")
+    mode = t.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise SpecError(file, "search.mode", f"expected 'min' or 'max', got {mode!r}")
+    space_v = t["space"]
+    if not isinstance(space_v, dict) or not space_v:
+        raise SpecError(file, "search.space", "expected a table of ranges, one per searched "
+                                              "hyperparameter: lr = { start = 1e-4, stop = "
+                                              "1e-1, spacing = \"log\" }")
+    space = {}
+    for name, r in space_v.items():
+        key = f"search.space.{name}"
+        if name not in by_name:
+            raise SpecError(file, key, f"unknown hyperparameter{_closest(name, by_name)}; "
+                                       f"known: {sorted(by_name)}")
+        if name in doc.get("fixed", {}):
+            raise SpecError(file, key, f"'{name}' is also set in [fixed]; give it once")
+        param = by_name[name]
+        if param.static or param.type not in (int, float):
+            raise SpecError(file, key, f"expected a dynamic numeric hyperparameter; '{name}' "
+                                       f"is {'static' if param.static else param.type.__name__}")
+        if not isinstance(r, dict):
+            raise SpecError(file, key, f"expected a range table {{start, stop, spacing}}, got "
+                                       f"{r!r}")
+        for k in r:
+            if k not in ("start", "stop", "spacing"):
+                raise SpecError(file, f"{key}.{k}", f"unknown range key; expected 'start', "
+                                                    f"'stop' or 'spacing'"
+                                                    f"{_closest(k, ['start', 'stop', 'spacing'])}")
+        for k in ("start", "stop"):
+            v = r.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpecError(file, f"{key}.{k}", f"expected a finite number, got {v!r}")
+        spacing = r.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, f"{key}.spacing", f"expected 'linear' or 'log', got "
+                                                    f"{spacing!r}")
+        if not r["start"] < r["stop"]:
+            raise SpecError(file, key, f"expected start < stop, got {r['start']} and "
+                                       f"{r['stop']}")
+        if spacing == "log" and r["start"] <= 0:
+            raise SpecError(file, key, "log spacing needs start > 0")
+        space[name] = {"start": r["start"], "stop": r["stop"], "spacing": spacing,
+                       "type": param.type.__name__}
+    return {"method": method, "trials": trials, "batch": min(batch, trials), "metric": metric,
+            "mode": mode, "seed": seed, "space": space}

@@ -24,7 +24,7 @@ import numpy as np
 SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
                "zip", "sample", "probes", "description", "chunk_size", "diverge_above",
                "optimizer", "schedule", "save", "refine", "stop",
-               "halving")
+               "halving", "search")
 #: ``save = { params = ... }``: which parameter snapshots are written (params/ table)
 SAVE_PARAMS = ("final", "log")
 PRECISIONS = ("float32", "float64")
@@ -182,6 +182,8 @@ class Sweep:
     stop: str | None = None
     #: ``[halving]``: {metric, mode, keep, rungs, by} (jaxdyn.adaptive), or None
     halving: dict | None = None
+    #: ``[search]``: {method, trials, batch, metric, mode, seed, space} (jaxdyn.adaptive)
+    search: dict | None = None
 
     @property
     def hash(self) -> str:

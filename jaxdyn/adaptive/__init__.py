@@ -1,4 +1,5 @@
-"""Adaptive sweeps: boundary refinement (``[refine]``) and goal stops (``stop``).
+"""Adaptive sweeps: boundary refinement (``[refine]``), goal stops (``stop``), successive
+halving (``[halving]``) and batched ask/tell search (``[search]``).
 
 - ``_predicate``: parsing and checking the predicates (``[refine] where`` is SQL over the
   runs table, run by DuckDB read-only; ``stop`` is a comparison of metrics evaluated on the
@@ -7,6 +8,9 @@
   refine loop, ``Results.boundaries()`` and ``jaxdyn status``.
 - ``_refine``: the outer loop around the sweep loop: each round is a set of ordinary runs
   computed from the runs table after the previous round.
+- ``_halving``: stages between rungs; survivors compacted into smaller chunks that carry
+  their state on (``make_run_fn(stage=True)``).
+- ``_search``: batches of Optuna proposals (optional dependency), each one sweep-loop call.
 
 Importing this package imports no JAX.
 """

@@ -13,7 +13,7 @@ import numpy as np
 
 #: runs-table columns that are not hyperparameters
 RESERVED = {"sweep", "run_id", "group", "seed", "status", "diverged_step", "wall_s", "round",
-            "stopped_step", "culled_step"}
+            "stopped_step", "culled_step", "trial", "batch"}
 
 
 def find(items: Iterable[tuple[Hashable, float, bool, Any]]) -> list[tuple]:

@@ -35,6 +35,8 @@ def runs_columns(sweep, exp) -> dict[str, str]:
         cols["stopped_step"] = "BIGINT"
     if sweep.halving is not None:
         cols["culled_step"] = "BIGINT"
+    if sweep.search is not None:
+        cols.update({"trial": "BIGINT", "batch": "BIGINT"})
     return cols
 
 
@@ -60,6 +62,18 @@ def check(sweep, exp) -> None:
             raise SpecError(sweep.file, "halving.metric", f"no scalar metric {n!r} in "
                                                           f"{exp.name}{hint}; its scalar "
                                                           f"metrics: {scalars}")
+    if sweep.search is not None:
+        from jaxdyn.adaptive import _search
+
+        cols = runs_columns(sweep, exp)
+        n = sweep.search["metric"]
+        if n not in cols or cols[n] != "DOUBLE":
+            numeric = [c for c, t in cols.items() if t == "DOUBLE"]
+            m = difflib.get_close_matches(n, numeric, n=1, cutoff=0.5)
+            hint = f" (did you mean '{m[0]}'?)" if m else ""
+            raise SpecError(sweep.file, "search.metric", f"no numeric runs-table column "
+                                                         f"{n!r}{hint}; the columns: {numeric}")
+        _search.check(sweep)
     if sweep.refine is not None:
         try:
             check_where(sweep.refine["where"], runs_columns(sweep, exp))

@@ -41,7 +41,8 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
 
     ``runs``: run these (``Run``s, as the sweep's own would be) instead of the sweep's grid
     (a refinement round, :mod:`jaxdyn.adaptive`). ``extra_columns``: ``{column: value}``
-    written into every runs row of this call (the round). ``runners``: a dict that keeps the
+    written into every runs row of this call (the round), or ``{column: {run_id: value}}``
+    (a search's trial numbers). ``runners``: a dict that keeps the
     ChunkRunners (compiled programs) of each group across calls. ``progress_extra``: added
     to the progress records.
     """
@@ -158,7 +159,8 @@ def _write_chunk(store, exp, sweep, runner, group, chunk, out, wall,
     t0 = time.perf_counter()
     curves, final, alive, dstep, *saved = jax.device_get(out)
     n = len(chunk)
-    extra = {k: np.full(n, v) for k, v in (extra_columns or {}).items()}
+    extra = {k: np.asarray([v[r.run_id] for r in chunk], np.int64) if isinstance(v, dict)
+             else np.full(n, v) for k, v in (extra_columns or {}).items()}
     steps_run = int(np.asarray(alive).shape[0]) * sweep.steps
     if sweep.stop is not None:  # (stopped_step, steps its vmapped batch took) per row
         (sstep, nrun), *saved = saved

@@ -218,6 +218,10 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
         refine_info = _refine_status(folder, refine, procs)
         if state == "complete" and not refine_info["finished"]:
             state = "running" if (running or lock_pids) else "incomplete"
+    search = (man.get("sweep") or {}).get("search")
+    if search and state == "complete":  # done only once the last batch was told
+        if not any((q.get("search") or {}).get("finished") for q in procs):
+            state = "running" if (running or lock_pids) else "incomplete"
     root_dir = folder.parent
     cmd = f"jaxdyn run {man.get('source_file') or 'FILE'}"
     if root_dir.resolve() != DEFAULT_ROOT.resolve():
@@ -303,4 +307,4 @@ def _process_status(rec: dict, man: dict, now: float, lock_pids: list[int]) -> d
             "runs_total": rt, "run_steps_per_s": rate * steps if rate else None,
             "eta_s": eta, "updated_ago_s": age, "started": started,
             "finished": rec.get("finished"),
-            **({"refine": rec["refine"]} if isinstance(rec.get("refine"), dict) else {})}
+            **{k: rec[k] for k in ("refine", "search") if isinstance(rec.get(k), dict)}}
