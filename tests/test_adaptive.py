@@ -527,3 +527,27 @@ def test_search_from_a_sweep_file_summary_and_status(cli, write_sweep, tmp_path)
     assert runs.x1.between(0.1, 10.0).all() and (runs.x2 == 0.0).all()
     code, out, _ = cli("status", "filesearch", "--out", tmp_path / "out")
     assert "complete" in out.splitlines()[0]
+
+
+def test_halving_on_shared_data_keeps_each_seeds_data(tmp_path):
+    """eos.threshold_relu shares one data set per seed (chunks never span seeds): halving's
+    compacted chunks keep to that, so every row is bitwise the full sweep's (float32)."""
+    doc = {"name": "tr", "experiment": "eos.threshold_relu", "steps": 200, "seeds": 2,
+           "log": {"every": 20}, "precision": "float32",
+           "fixed": {"d": 20, "n_train": 64, "n_test": 16, "lam": 5.0, "init_scale": 0.01},
+           "grid": {"lr": {"start": 1e-3, "stop": 3e-2, "num": 8, "spacing": "log"}}}
+    h = jaxdyn.run({**doc, "halving": {"metric": "loss", "keep": 0.5, "rungs": [40, 100]}},
+                   out=tmp_path, quiet=True)
+    full = jaxdyn.run({**doc, "name": "tr_full"}, out=tmp_path, quiet=True)
+    runs, curves = table(h.folder)
+    fruns, fcurves = table(full.folder)
+    assert h.stats["halving"]["runs_per_stage"] == [16, 8, 4]
+    surv = runs[runs.culled_step.isna()]
+    assert surv.seed.nunique() == 2 or len(surv) == 4
+    pd.testing.assert_frame_equal(surv[fruns.columns].reset_index(drop=True),
+                                  fruns[fruns.run_id.isin(surv.run_id)].reset_index(drop=True),
+                                  check_exact=True)
+    m = curves.merge(fcurves, on=["run_id", "step"], suffixes=("", "_ref"))
+    assert len(m) == len(curves)
+    for c in ("loss", "b", "test_acc"):
+        assert ((m[c] == m[c + "_ref"]) | (m[c].isna() & m[c + "_ref"].isna())).all(), c

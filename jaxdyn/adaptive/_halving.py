@@ -155,8 +155,16 @@ def run_halving(sweep, exp, store, *, chunk_size=None, micro_batch=None, progres
                 continue
             runner = runners.get(g.label) or StageRunner(exp, sweep, g, probes, micro_batch)
             runners[g.label] = runner
-            size = runner.choose_chunk(len(active), chunk_size or sweep.chunk_size)
-            work += [(runner, g, active[i:i + size]) for i in range(0, len(active), size)]
+            # a shared-data group's chunks never span seeds (each chunk makes its seed's data)
+            parts = [active]
+            if runner.per_seed:
+                by_seed: dict = {}
+                for r in active:
+                    by_seed.setdefault(r.seed, []).append(r)
+                parts = [by_seed[k] for k in sorted(by_seed)]
+            size = runner.choose_chunk(max(len(q) for q in parts),
+                                       chunk_size or sweep.chunk_size)
+            work += [(runner, g, q[i:i + size]) for q in parts for i in range(0, len(q), size)]
         if progress:
             progress("start", total_runs=sum(len(c) for *_, c in work), total_chunks=len(work))
         for i, (runner, g, chunk) in enumerate(work):
