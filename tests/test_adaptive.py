@@ -47,6 +47,7 @@ def table(path, drop=("wall_s",)):
     return runs, res.curves().sort_values(["run_id", "step"], ignore_index=True)
 
 
+@pytest.mark.slow
 def test_refine_finds_the_dense_grids_boundary_with_a_tenth_of_its_runs(tmp_path):
     """Done-when 1: on the mean model, a 32-point log lr grid refined 8 rounds locates each
     d's boundary of final_b < -0.01 within 1e-3 (relative) of a dense 3,001-point grid's,
@@ -424,6 +425,7 @@ def search_doc(name, method, seed, trials=512, batch=64):
                                  for i in range(len(OPT))}}}
 
 
+@pytest.mark.slow
 def test_tpe_in_batches_beats_random_search_and_every_trial_is_in_the_table(tmp_path):
     """Done-when 4: on Σ (x_i - c_i)² over [-5, 5]^4, TPE in batches of 64 ends closer to
     the optimum than random search with the same 512 trials, over 3 study seeds; every trial
