@@ -645,7 +645,8 @@ def _halving_key(file, doc: dict, by_name: dict, steps: int, log, refine, stop) 
     for k in h:
         if k not in HALVING_KEYS:
             raise SpecError(file, f"halving.{k}", f"unknown key; expected one of "
-                                                  f"{list(HALVING_KEYS)}{_closest(k, HALVING_KEYS)}")
+                                                  f"{list(HALVING_KEYS)}"
+                                                  f"{_closest(k, HALVING_KEYS)}")
     for k in ("metric", "keep", "rungs"):
         if k not in h:
             raise SpecError(file, f"halving.{k}", "missing required key")
