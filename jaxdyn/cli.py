@@ -83,6 +83,7 @@ def cmd_run(args) -> int:
                         f"{s.folder / DAMAGED}, their runs run again: "
                         + "; ".join(f"{n}: {why}" for n, why in list(s.repaired.items())[:3])
                         + (" ..." if len(s.repaired) > 3 else ""))
+    lines += _adaptive_lines(st)
     print("\n".join(lines))
     return 0
 
@@ -282,8 +283,11 @@ def cmd_status(args) -> int:
             continue
         total = s["runs_total"]
         pct = f" ({100 * s['runs_done'] / total:.1f}%)" if total else ""
+        of = f"of {total:,} " if not s.get("refine") else ""
+        if s.get("refine"):  # rounds add runs: the grid's count is round 0's
+            pct = f" ({total:,} in the grid)"
         lines = [f"{s['name']}  ({s['experiment']})  {s['state']}",
-                 f"  runs      {s['runs_done']:,} of {total:,} done{pct}, "
+                 f"  runs      {s['runs_done']:,} {of}done{pct}, "
                  f"{s['diverged']:,} diverged, {s['parts']:,} parts"]
         bad = {**s["damaged_parts"], **s["orphan_parts"]}
         if bad:
@@ -327,6 +331,8 @@ def cmd_status(args) -> int:
                                  f"run·steps/s average")
         if s["state"] in ("stopped", "stalled", "incomplete"):
             lines.append(f"  resume    {s['resume']}")
+        if s.get("refine"):
+            lines.append(f"  refine    {_refine_line(s['refine'])}")
         lines.append(f"  file      {s['file']['text']}")
         blocks.append("\n".join(lines))
     if blocks:
@@ -479,3 +485,35 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _refine_line(r: dict) -> str:
+    """Rounds, runs per round and bracket widths of a ``[refine]`` sweep."""
+    per = r.get("runs_per_round") or {}
+    w = (f", relative width max {r['rel_width_max']:.3g}, median {r['rel_width_median']:.3g}"
+         if r.get("brackets") else "")
+    return (f"{r['brackets']} brackets after round {max(per, default=0)} of {r['rounds']} "
+            f"(runs per round {', '.join(str(n) for n in per.values())}){w}")
+
+
+def _adaptive_lines(st: dict) -> list[str]:
+    out = []
+    if st.get("refine"):
+        out.append(f"refine     {_refine_line(st['refine'])}")
+    if st.get("halving"):
+        h = st["halving"]
+        out.append(f"halving    runs per stage {', '.join(map(str, h['runs_per_stage']))} "
+                   f"(rungs {', '.join(map(str, h['rungs']))}); {h['run_steps']:,} run·steps "
+                   f"computed (schedule {h['run_steps_schedule']:,}, full grid "
+                   f"{h['run_steps_full']:,}: {1 - h['run_steps'] / h['run_steps_full']:.1%} "
+                   f"saved)")
+    if st.get("search"):
+        t = st["search"]
+        failed = f", {t['failed']} failed" if t["failed"] else ""
+        out.append(f"search     {t['trials']} trials in {t['batches']} batches{failed}; best "
+                   f"{t['best_value']!r} (trial {t['best_trial']}: {t['best_params']})")
+    if st.get("stop"):
+        t = st["stop"]
+        out.append(f"stop       {t['stopped']} runs reached the goal; {t['run_steps']:,} of "
+                   f"{t['run_steps_full']:,} run·steps computed ({t['saved']:.1%} saved)")
+    return out

@@ -234,6 +234,10 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     setup_compilation_cache()
     engine.reuse_freed_memory()
     probes, signatures, footprints = _check_experiment(sweep, exp)
+    for key in ("refine", "halving", "search"):
+        if getattr(sweep, key) is not None and distributed:
+            raise SpecError(sweep.file, key, f"[{key}] does not run with --distributed "
+                                             f"yet; run it in one process")
     try:
         # one CPU device per core, unless a group calls LAPACK (traced only if it matters)
         wanted = engine.cpu_devices_wanted()
@@ -296,9 +300,22 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
               f"{store.dir / store_mod.DAMAGED}; their runs are run again", file=sys.stderr)
     bar = progress or Progress(sweep, quiet)
     try:
-        s = engine.run_sweep(sweep, exp, store, chunk_size=chunk_size,
-                             micro_batch=micro_batch, progress=bar, probes=probes,
-                             process_index=pi, process_count=pc)
+        kw = dict(chunk_size=chunk_size, micro_batch=micro_batch, progress=bar,
+                  probes=probes, process_index=pi, process_count=pc)
+        if sweep.refine is not None:  # rounds of ordinary runs around the sweep loop
+            from jaxdyn.adaptive._refine import run_refine
+
+            s = run_refine(sweep, exp, store, engine.run_sweep, **kw)
+        elif sweep.search is not None:  # batches of proposals, each one sweep-loop call
+            from jaxdyn.adaptive._search import run_search
+
+            s = run_search(sweep, exp, store, engine.run_sweep, **kw)
+        elif sweep.halving is not None:  # rungs of compacted, carried-over chunks
+            from jaxdyn.adaptive._halving import run_halving
+
+            s = run_halving(sweep, exp, store, **kw)
+        else:
+            s = engine.run_sweep(sweep, exp, store, **kw)
         if pc > 1:
             from jax.experimental import multihost_utils
 
@@ -328,6 +345,10 @@ def _check_experiment(sweep: Sweep, exp):
                                                    f"cannot say which part of its state "
                                                    f"holds the parameters")
     contract.check_values(exp, sweep)
+    if any(getattr(sweep, k) is not None for k in ("refine", "stop", "halving", "search")):
+        from jaxdyn.adaptive import _refine
+
+        _refine.check(sweep, exp)  # the predicates' columns and metrics
     signatures = engine.static_signatures(sweep, exp)
     footprints = {}
     for sig in signatures:

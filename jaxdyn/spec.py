@@ -421,6 +421,11 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
     if not isinstance(description, str):
         raise SpecError(file, "description", "expected a string")
 
+    refine = _refine_key(file, doc, by_name, blocks_v, grids, zipped, fixed)
+    stop = _stop_key(file, doc)
+    halving = _halving_key(file, doc, by_name, steps, log, refine, stop)
+    search = _search_key(file, doc, by_name, grids, zipped, refine, halving)
+
     # Everything is checked; count the runs before expanding seeds and ranges.
     _check_run_count(file, n_seeds, [_Union(file, grids, zipped)], sample, max_runs, steps)
     if seeds is None:
@@ -436,7 +441,8 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                   probes=dict(probes), params=params, file=str(file) if file else None,
                   source=source, description=description, chunk_size=chunk_size,
                   diverge_above=diverge_above, grids=grids if len(grids) > 1 else [],
-                  knob_names=knob_names, save_params=save_params)
+                  knob_names=knob_names, save_params=save_params, refine=refine, stop=stop,
+                  halving=halving, search=search)
     sweep.doc = {"name": name, "experiment": exp, "steps": steps, "seeds": list(seeds),
                  "log": dict(log_v), "precision": precision, "fixed": fixed,
                  "grid": grids if len(grids) > 1 else grid,
@@ -444,12 +450,96 @@ def validate(doc: dict, params_of, *, file=None, source: str = "",
                  "diverge_above": diverge_above}
     # keys added after schema 1 enter the hash only when used: older sweeps keep theirs
     for k, v in (("optimizer", doc.get("optimizer")), ("schedule", doc.get("schedule")),
-                 ("save", doc.get("save"))):
+                 ("save", doc.get("save")), ("refine", refine), ("stop", stop),
+                 ("halving", halving), ("search", search)):
         if v is not None:
             sweep.doc[k] = v
     if sweep.n_points() == 0:
         raise SpecError(file, "grid", "the grid is empty")
     return sweep
+
+
+# ---- adaptive sweeps (jaxdyn.adaptive): [refine] and stop ---------------------------------
+REFINE_KEYS = ("axis", "where", "rounds", "points", "spacing")
+
+
+def _refine_key(file, doc: dict, by_name: dict, blocks_v, grids, zipped, fixed) -> dict | None:
+    """``[refine]``: which grid axis to refine, the predicate whose flips are brackets, the
+    rounds and the new points per bracket and round. The predicate's columns are checked
+    once the experiment's metrics are known (``jaxdyn.adaptive.check``)."""
+    if "refine" not in doc:
+        return None
+    r = _table(file, doc, "refine")
+    for k in r:
+        if k not in REFINE_KEYS:
+            raise SpecError(file, f"refine.{k}", f"unknown key; expected one of "
+                                                 f"{list(REFINE_KEYS)}{_closest(k, REFINE_KEYS)}")
+    for k in ("axis", "where"):
+        if k not in r:
+            raise SpecError(file, f"refine.{k}", "missing required key")
+    axis = r["axis"]
+    axes = list(dict.fromkeys(k for g in grids for k in g))
+    if not isinstance(axis, str) or axis not in axes:
+        where = ""
+        if isinstance(axis, str) and axis in zipped:
+            where = f" ('{axis}' is in [zip]; refine needs it in [grid])"
+        elif isinstance(axis, str) and axis in fixed:
+            where = f" ('{axis}' is in [fixed]; refine needs it in [grid])"
+        raise SpecError(file, "refine.axis", f"expected a [grid] axis, got {axis!r}{where}; "
+                        f"grid axes: {axes}"
+                        f"{_closest(axis, axes) if isinstance(axis, str) else ''}")
+    param = by_name[axis]
+    if param.type not in (int, float):
+        raise SpecError(file, "refine.axis", f"expected a numeric axis; '{axis}' is "
+                                             f"{param.type.__name__}")
+    pred = r["where"]
+    if not isinstance(pred, str) or not pred.strip():
+        raise SpecError(file, "refine.where", f"expected a predicate on the runs table as a "
+                                              f"string (\"final_b < -0.01\"), got {pred!r}")
+    from jaxdyn.adaptive._predicate import PredicateError, check_where_syntax
+
+    try:
+        check_where_syntax(pred)
+    except PredicateError as e:
+        raise SpecError(file, "refine.where", str(e)) from None
+    rounds = _int(file, "refine.rounds", r.get("rounds", 8), minimum=0)
+    points = _int(file, "refine.points", r.get("points", 3), minimum=1)
+    # the spacing of the axis's range table (a list: linear), unless given
+    spacing = next((g[axis].get("spacing", "linear") for _, g in blocks_v
+                    if isinstance(g.get(axis), dict)), "linear")
+    if "spacing" in r:
+        spacing = r["spacing"]
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, "refine.spacing", f"expected 'linear' or 'log', got "
+                                                    f"{spacing!r}")
+    if spacing == "log":
+        for g in grids:
+            v = g.get(axis)
+            bad = (v.start <= 0 or v.stop <= 0) if isinstance(v, _Range) else \
+                any(x <= 0 for x in (v or []))
+            if bad:
+                raise SpecError(file, "refine.spacing", f"log spacing needs every '{axis}' "
+                                                        f"value > 0")
+    return {"axis": axis, "where": pred, "rounds": rounds, "points": points,
+            "spacing": spacing}
+
+
+def _stop_key(file, doc: dict) -> str | None:
+    """``stop``: a predicate on a run's metrics (``"loss < 1e-8"``), evaluated at log points;
+    the metric names are checked once the experiment's are known."""
+    if "stop" not in doc:
+        return None
+    text = doc["stop"]
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError(file, "stop", f"expected a predicate on metrics as a string "
+                                      f"(\"loss < 1e-8\"), got {text!r}")
+    from jaxdyn.adaptive._predicate import PredicateError, parse_stop
+
+    try:
+        parse_stop(text)
+    except PredicateError as e:
+        raise SpecError(file, "stop", str(e)) from None
+    return text
 
 
 class _Union:
@@ -565,3 +655,148 @@ def load(path: str | Path, params_of, overrides: Sequence[str] = (),
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(path, None, f"cannot read: {e}") from None
     return parse(text, params_of, file=path, overrides=overrides, max_runs=max_runs)
+
+
+HALVING_KEYS = ("metric", "mode", "keep", "rungs", "by")
+
+
+def _halving_key(file, doc: dict, by_name: dict, steps: int, log, refine, stop) -> dict | None:
+    """``[halving]``: successive halving. At each rung (a logged step) the best ``keep``
+    fraction of the runs by ``metric`` (``mode`` "min" or "max") continues, within groups
+    of runs sharing the ``by`` hyperparameters (default: across the whole sweep). The
+    metric's name is checked once the experiment's are known."""
+    if "halving" not in doc:
+        return None
+    h = _table(file, doc, "halving")
+    for k in h:
+        if k not in HALVING_KEYS:
+            raise SpecError(file, f"halving.{k}", f"unknown key; expected one of "
+                                                  f"{list(HALVING_KEYS)}"
+                                                  f"{_closest(k, HALVING_KEYS)}")
+    for k in ("metric", "keep", "rungs"):
+        if k not in h:
+            raise SpecError(file, f"halving.{k}", "missing required key")
+    if refine is not None or stop is not None or "save" in doc:
+        other = "[refine]" if refine is not None else "stop" if stop is not None else "save"
+        raise SpecError(file, "halving", f"[halving] cannot be combined with {other} yet")
+    metric = h["metric"]
+    if not isinstance(metric, str) or not metric:
+        raise SpecError(file, "halving.metric", f"expected a metric name, got {metric!r}")
+    mode = h.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise SpecError(file, "halving.mode", f"expected 'min' or 'max', got {mode!r}")
+    keep = h["keep"]
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
+        raise SpecError(file, "halving.keep", f"expected a fraction in (0, 1), got {keep!r}")
+    rungs = h["rungs"]
+    if not isinstance(rungs, list) or not rungs:
+        raise SpecError(file, "halving.rungs", f"expected a non-empty list of steps, got "
+                                               f"{rungs!r}")
+    rungs = [_int(file, f"halving.rungs[{i}]", r, minimum=1) for i, r in enumerate(rungs)]
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise SpecError(file, "halving.rungs", f"expected strictly increasing steps, got "
+                                               f"{rungs}")
+    if rungs[-1] >= steps:
+        raise SpecError(file, "halving.rungs", f"expected steps below the sweep's steps "
+                                               f"({steps}), got {rungs[-1]}")
+    logged = set(log.steps(steps).tolist())
+    for i, r in enumerate(rungs):
+        if r not in logged:
+            near = sorted(logged, key=lambda s: abs(s - r))[:2]
+            raise SpecError(file, f"halving.rungs[{i}]", f"{r} is not a logged step (the "
+                                                         f"metric is read there); nearest "
+                                                         f"logged steps: {sorted(near)}")
+    by = h.get("by", [])
+    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+        raise SpecError(file, "halving.by", f"expected a list of hyperparameter names (runs "
+                                            f"compete within groups sharing them; [] for "
+                                            f"the whole sweep), got {by!r}")
+    names = ["seed", *by_name]
+    for b in by:
+        if b not in names:
+            raise SpecError(file, "halving.by", f"unknown hyperparameter {b!r}"
+                                                f"{_closest(b, names)}; known: {sorted(names)}")
+    return {"metric": metric, "mode": mode, "keep": float(keep), "rungs": rungs, "by": by}
+
+
+SEARCH_KEYS = ("method", "trials", "batch", "metric", "mode", "seed", "space")
+SEARCH_METHODS = ("tpe", "cmaes", "random")
+
+
+def _search_key(file, doc: dict, by_name: dict, grids, zipped, refine, halving) -> dict | None:
+    """``[search]``: batched ask/tell search (Optuna). ``space`` holds one range table
+    ``{start, stop, spacing}`` per searched hyperparameter (like a grid range, without
+    ``num``). The metric column is checked once the experiment's metrics are known."""
+    if "search" not in doc:
+        return None
+    t = _table(file, doc, "search")
+    for k in t:
+        if k not in SEARCH_KEYS:
+            raise SpecError(file, f"search.{k}", f"unknown key; expected one of "
+                                                 f"{list(SEARCH_KEYS)}{_closest(k, SEARCH_KEYS)}")
+    for k in ("trials", "metric", "space"):
+        if k not in t:
+            raise SpecError(file, f"search.{k}", "missing required key")
+    if refine is not None or halving is not None:
+        raise SpecError(file, "search", f"[search] cannot be combined with "
+                                        f"{'[refine]' if refine is not None else '[halving]'} yet")
+    if any(g for g in grids) or zipped or "sample" in doc:
+        raise SpecError(file, "search", "[search] proposes the points itself: put the searched "
+                                        "hyperparameters in [search.space] and leave [grid], "
+                                        "[zip] and [sample] out ([fixed] is fine)")
+    method = t.get("method", "tpe")
+    if method not in SEARCH_METHODS:
+        raise SpecError(file, "search.method", f"expected one of {list(SEARCH_METHODS)}, got "
+                                               f"{method!r}{_closest(str(method), SEARCH_METHODS)}")
+    trials = _int(file, "search.trials", t["trials"], minimum=1)
+    batch = _int(file, "search.batch", t.get("batch", 64), minimum=1)
+    seed = _int(file, "search.seed", t.get("seed", 0), minimum=0)
+    metric = t["metric"]
+    if not isinstance(metric, str) or not metric:
+        raise SpecError(file, "search.metric", f"expected a runs-table column such as "
+                                               f"\"final_loss\", got {metric!r}")
+    mode = t.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise SpecError(file, "search.mode", f"expected 'min' or 'max', got {mode!r}")
+    space_v = t["space"]
+    if not isinstance(space_v, dict) or not space_v:
+        raise SpecError(file, "search.space", "expected a table of ranges, one per searched "
+                                              "hyperparameter: lr = { start = 1e-4, stop = "
+                                              "1e-1, spacing = \"log\" }")
+    space = {}
+    for name, r in space_v.items():
+        key = f"search.space.{name}"
+        if name not in by_name:
+            raise SpecError(file, key, f"unknown hyperparameter{_closest(name, by_name)}; "
+                                       f"known: {sorted(by_name)}")
+        if name in doc.get("fixed", {}):
+            raise SpecError(file, key, f"'{name}' is also set in [fixed]; give it once")
+        param = by_name[name]
+        if param.static or param.type not in (int, float):
+            raise SpecError(file, key, f"expected a dynamic numeric hyperparameter; '{name}' "
+                                       f"is {'static' if param.static else param.type.__name__}")
+        if not isinstance(r, dict):
+            raise SpecError(file, key, f"expected a range table {{start, stop, spacing}}, got "
+                                       f"{r!r}")
+        for k in r:
+            if k not in ("start", "stop", "spacing"):
+                raise SpecError(file, f"{key}.{k}", f"unknown range key; expected 'start', "
+                                                    f"'stop' or 'spacing'"
+                                                    f"{_closest(k, ['start', 'stop', 'spacing'])}")
+        for k in ("start", "stop"):
+            v = r.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpecError(file, f"{key}.{k}", f"expected a finite number, got {v!r}")
+        spacing = r.get("spacing", "linear")
+        if spacing not in ("linear", "log"):
+            raise SpecError(file, f"{key}.spacing", f"expected 'linear' or 'log', got "
+                                                    f"{spacing!r}")
+        if not r["start"] < r["stop"]:
+            raise SpecError(file, key, f"expected start < stop, got {r['start']} and "
+                                       f"{r['stop']}")
+        if spacing == "log" and r["start"] <= 0:
+            raise SpecError(file, key, "log spacing needs start > 0")
+        space[name] = {"start": r["start"], "stop": r["stop"], "spacing": spacing,
+                       "type": param.type.__name__}
+    return {"method": method, "trials": trials, "batch": min(batch, trials), "metric": metric,
+            "mode": mode, "seed": seed, "space": space}

@@ -524,11 +524,12 @@ class SweepStore:
 
     def write_chunk(self, sweep, exp, group, chunk, log_steps, curves: dict, final: dict,
                     alive: np.ndarray, diverged_step: np.ndarray, wall_s: float,
-                    params: list | None = None) -> str:
+                    params: list | None = None, extra: dict | None = None) -> str:
         """Write one finished chunk as a runs part, a curves part and (with ``params``, a
-        list of ``(path, leaf array)``) a params part, atomically: the runs part last."""
+        list of ``(path, leaf array)``) a params part, atomically: the runs part last.
+        ``extra``: more runs columns, ``{name: int array per run}`` (masked: null)."""
         runs_tbl, curves_tbl = chunk_tables(sweep, exp, group, chunk, log_steps, curves, final,
-                                            alive, diverged_step, wall_s)
+                                            alive, diverged_step, wall_s, extra)
         tables = {RUNS: runs_tbl, CURVES: curves_tbl}
         if params is not None:
             (self.dir / PARAMS).mkdir(exist_ok=True)
@@ -548,6 +549,8 @@ class SweepStore:
                 _fsync_dir(final_path.parent)
             os.replace(tmps[-1], runs_final)  # the commit point of this chunk
             _fsync_dir(runs_final.parent)
+            if self._done is not None:
+                self._done.update(r.run_id for r in chunk)
         except OSError as e:
             for t in tmps:
                 t.unlink(missing_ok=True)
@@ -609,7 +612,7 @@ def _metric_column(values: np.ndarray) -> pa.Array:
 
 
 def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, diverged_step,
-                 wall_s) -> tuple[pa.Table, pa.Table]:
+                 wall_s, extra: dict | None = None) -> tuple[pa.Table, pa.Table]:
     """Arrow tables of one chunk, rows sorted by run_id (and step) for fast lookups. The
     engine dispatches chunks in run_id order, so the reordering copy is usually skipped."""
     ids = [r.run_id for r in chunk]
@@ -635,6 +638,9 @@ def chunk_tables(sweep, exp, group, chunk, log_steps, curves, final, alive, dive
         if v.ndim == 1:
             cols[f"final_{k}"] = pa.array(v)
     cols["wall_s"] = pa.array(np.full(n, wall_s), pa.float64())
+    for k, v in (extra or {}).items():  # adaptive sweeps: round, stopped_step
+        v = v[order]
+        cols[k] = pa.array(np.ma.getdata(v), pa.int64(), mask=np.ma.getmaskarray(v))
     runs_tbl = pa.table(cols)
 
     # run_id repeats n_log times: build it as a dictionary column (cheap), stored as a plain

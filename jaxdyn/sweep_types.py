@@ -23,7 +23,8 @@ import numpy as np
 
 SCHEMA_KEYS = ("name", "experiment", "steps", "seeds", "log", "precision", "fixed", "grid",
                "zip", "sample", "probes", "description", "chunk_size", "diverge_above",
-               "optimizer", "schedule", "save")
+               "optimizer", "schedule", "save", "refine", "stop",
+               "halving", "search")
 #: ``save = { params = ... }``: which parameter snapshots are written (params/ table)
 SAVE_PARAMS = ("final", "log")
 PRECISIONS = ("float32", "float64")
@@ -198,6 +199,14 @@ class Sweep:
     save_params: str | None = None
     #: runs dropped by :meth:`runs` because an earlier grid point had the same run_id
     duplicates: int = 0
+    #: ``[refine]``: {axis, where, rounds, points, spacing} (jaxdyn.adaptive), or None
+    refine: dict | None = None
+    #: ``stop``: a predicate on metrics that freezes a run at its goal (jaxdyn.adaptive)
+    stop: str | None = None
+    #: ``[halving]``: {metric, mode, keep, rungs, by} (jaxdyn.adaptive), or None
+    halving: dict | None = None
+    #: ``[search]``: {method, trials, batch, metric, mode, seed, space} (jaxdyn.adaptive)
+    search: dict | None = None
     #: :meth:`runs`, once computed (a sweep is not changed after validation)
     _runs: list | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -297,25 +306,32 @@ class Sweep:
         defaults, ``[fixed]`` and the point, with each optimizer knob completed
         (:func:`jaxdyn.optim.complete`). A point whose key an earlier one has is skipped, or
         yielded with key None if ``with_duplicates``."""
-        defaults = {p.name: p.default for p in self.params}
         seen = set()
         for pt in self.points():
-            hp = {**defaults, **self.fixed, **pt}
-            ident = hp
-            if self.knob_names:
-                from jaxdyn import optim
-
-                hp = optim.complete(hp, self.knob_names, self.steps)
-                # a knob the run's optimizer does not take is not part of its identity
-                ident = {k: v for k, v in hp.items() if not (k in self.knob_names and v is None)}
-            key = run_key(self.experiment, ident, self.steps, self.precision,
-                          self.diverge_above)
+            key, hp = self.point_hp(pt)
             if key in seen:
                 if with_duplicates:
                     yield None, hp
                 continue
             seen.add(key)
             yield key, hp
+
+
+    def point_hp(self, point: Mapping[str, Any]) -> tuple[str, dict]:
+        """``(run_key, hyperparameters)`` of one grid point (a dict of axis values): the
+        defaults, ``[fixed]`` and the point, each optimizer knob completed. A point made
+        outside the grid (a refined value, :mod:`jaxdyn.adaptive`) gets the run_id a grid
+        holding it would give."""
+        hp = {**{p.name: p.default for p in self.params}, **self.fixed, **point}
+        ident = hp
+        if self.knob_names:
+            from jaxdyn import optim
+
+            hp = optim.complete(hp, self.knob_names, self.steps)
+            # a knob the run's optimizer does not take is not part of its identity
+            ident = {k: v for k, v in hp.items() if not (k in self.knob_names and v is None)}
+        return run_key(self.experiment, ident, self.steps, self.precision,
+                       self.diverge_above), hp
 
 
 def run_key(experiment: str, hp: Mapping[str, Any], steps: int, precision: str,

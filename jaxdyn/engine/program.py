@@ -101,8 +101,19 @@ def run_arrays(runs: Sequence[Run], dyn_names: Sequence[str]) -> tuple[dict, np.
 def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 probes: Sequence[tuple] = (), unroll: int = 1,
                 diverge_above: float | None = None, axis_name: str | None = None,
-                save_params: str | None = None) -> Callable:
+                save_params: str | None = None, stop: Callable | None = None,
+                stage: bool = False) -> Callable:
     """One run as a pure function ``run(dyn, seed, data) -> (curves, final, alive, step)``.
+
+    ``stop``: a goal, ``stop(metrics) -> bool``, checked at every log point: a run that
+    reaches it is frozen there (its state stops changing, its later curve rows are NaN) and
+    an output ``(stopped_step, steps_run)`` follows ``step`` (``stopped_step`` -1 for a run
+    that never stopped; ``steps_run``: the steps its vmapped batch computed). A log
+    segment in which no run of the batch is still training (all stopped or diverged) is
+    skipped, one branch for the whole batch (``axis_name``), so the chunk ends early.
+
+    ``stage``: return ``stage_run(dyn, seed, data, carry, lo, hi)`` instead, which computes
+    the log points lo..hi from a carry (successive halving, :mod:`jaxdyn.adaptive`).
 
     ``save_params``: "final" or "log" appends a fifth output, ``exp.params_of_state`` of the
     final (frozen) state, or of the state at every log point (leading axis: log points).
@@ -138,7 +149,9 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             m.update(jax.lax.cond(probe_flags[j], run_probe, lambda s=shapes: _nan_like(s)))
         return m
 
-    def run(dyn, seed, data):
+    def build(dyn, seed, data):
+        """A run's inputs, initial state and its ``segment`` (one log point's steps and
+        measurement, the body of the scan), shared by ``run`` and ``stage_run``."""
         hp, k_step, data, state0 = run_setup(exp, static, dyn, seed, data)
         alive0 = _all_finite(state0, bound)
 
@@ -205,6 +218,12 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
         last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
+        return hp, k_step, data, state0, alive0, steps, segment, carry0
+
+    def run(dyn, seed, data):
+        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        if stop is not None:
+            return run_with_stop(hp, k_step, data, state0, alive0, steps)
         (state, alive, dstep, final), curves = jax.lax.scan(segment, carry0,
                                                             (starts, lengths, flags))
         if save_params == "log":
@@ -213,6 +232,99 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         if save_params == "final":
             return curves, final, alive, dstep, exp.params_of_state(state)
         return curves, final, alive, dstep
+
+    def stage_run(dyn, seed, data, carry_in, lo, hi):
+        """Log points ``lo`` .. ``hi`` (indices) of a run, from ``carry_in`` (the carry after
+        log point lo - 1; ignored when lo is 0: the run starts from its initial state).
+        Returns ``(curves, carry, steps_run)``: curves NaN outside the window, the carry
+        after point hi, and the steps computed. The window is one branch per log point for
+        the whole batch (lo and hi are not batched): segments outside it cost nothing, and
+        the ones inside are ``run``'s own ``segment``, so a run computed in stages has the
+        bits of a run computed at once."""
+        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        carry = jax.lax.cond(lo == 0, lambda: carry0, lambda: carry_in)
+        xs = (starts, lengths, flags)
+        ys_shape = jax.eval_shape(lambda: segment(carry0, jax.tree.map(lambda x: x[0], xs)))[1]
+
+        def body(c, x):
+            carry, nrun = c
+            j, seg = x
+            inside = (j >= lo) & (j <= hi)
+            carry, ys = jax.lax.cond(inside, lambda: segment(carry, seg),
+                                     lambda: (carry, _nan_like(ys_shape)))
+            return (carry, nrun + jnp.where(inside, seg[1], 0)), ys
+
+        (carry, nrun), curves = jax.lax.scan(body, (carry, jnp.int64(0)),
+                                             (jnp.arange(len(log_steps)), xs))
+        return curves, carry, nrun
+
+    if stage:
+        if stop is not None or save_params is not None:
+            raise ValueError("stage_run: no goal stops or saved parameters")
+        # the carry a run starts from (for the shapes of a stage program's inputs)
+        stage_run.init_carry = lambda dyn, seed, data: build(dyn, seed, data)[-1]
+        return stage_run
+
+    def run_with_stop(hp, k_step, data, state0, alive0, steps):
+        """``run`` with the goal: the same steps as ``segment``'s guarded path, for the runs
+        still training only, and the whole segment skipped when none is."""
+        def guarded(i, c):
+            state, active, dstep = c
+            new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
+            ok = active & _all_finite(new, bound)
+            return (_freeze(ok, new, state), ok, jnp.where(active & ~ok, i + 1, dstep))
+
+        def segment(carry, seg):
+            start, n, probe_flags = seg
+            state, alive, dstep, last, sstep, nrun = carry
+            active = alive & (sstep < 0)
+
+            def advance():
+                def fast(i, c):
+                    st, bad = c
+                    new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
+                    return new, bad | ~_all_finite(new, bound)
+
+                fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
+                fast_state = _freeze(active, fast_state, state)
+                bad = active & bad
+                any_bad = jax.lax.psum(bad.astype(jnp.int32), axis_name) > 0 \
+                    if axis_name else bad
+                st, ok, ds = jax.lax.cond(
+                    any_bad, lambda: steps(guarded, start, n, (state, active, dstep)),
+                    lambda: (fast_state, active, dstep))
+                # a stopped run stays alive (``ok`` is False for it: it did not step)
+                return st, jnp.where(active, ok, alive), ds
+
+            n_active = jax.lax.psum(active.astype(jnp.int32), axis_name) if axis_name \
+                else active.astype(jnp.int32)
+            state, alive, dstep = jax.lax.cond(n_active > 0, advance,
+                                               lambda: (state, alive, dstep))
+            nrun = nrun + jnp.where(n_active > 0, n, 0).astype(nrun.dtype)
+            m = measure(state, hp, data, probe_flags)
+            was_stopped = sstep >= 0
+            hit = alive & ~was_stopped & stop({k: m[k] for k in metric_keys})
+            sstep = jnp.where(hit, start + n, sstep)
+            last = {k: jnp.where(was_stopped, last[k], m[k]) for k in metric_keys}
+            ys = {k: jnp.where(alive & ~was_stopped, v, jnp.nan) for k, v in m.items()}
+            carry = (state, alive, dstep, last, sstep, nrun)
+            if save_params == "log":
+                return carry, (ys, exp.params_of_state(state))
+            return carry, ys
+
+        shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))
+        last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
+        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0,
+                  jnp.int64(-1), jnp.int64(0))
+        (state, alive, dstep, final, sstep, nrun), curves = jax.lax.scan(
+            segment, carry0, (starts, lengths, flags))
+        info = (sstep, nrun)
+        if save_params == "log":
+            curves, saved = curves
+            return curves, final, alive, dstep, info, saved
+        if save_params == "final":
+            return curves, final, alive, dstep, info, exp.params_of_state(state)
+        return curves, final, alive, dstep, info
     return run
 
 

@@ -47,9 +47,14 @@ class ChunkRunner:
             self.devices = self.devices[:1]
         self.mesh = Mesh(np.array(self.devices), ("runs",))
         self.dyn_names = exp.dynamic_names
+        stop = None
+        if sweep.stop is not None:  # a goal (jaxdyn.adaptive): freeze runs that reach it
+            from jaxdyn.adaptive._predicate import compile_stop
+
+            stop = compile_stop(sweep.stop)
         run = make_run_fn(exp, self.static, self.log_steps, probes,
                           diverge_above=sweep.diverge_above, axis_name=RUN_AXIS,
-                          save_params=sweep.save_params)
+                          save_params=sweep.save_params, stop=stop)
         shared = shares_data(exp, group.static)
         self.per_seed = shared
 

@@ -215,6 +215,16 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
         state = "not started"
     else:
         state = "incomplete"
+    refine = (man.get("sweep") or {}).get("refine")
+    refine_info = None
+    if refine:  # done only once the last round ran (the grid's runs_total is round 0)
+        refine_info = _refine_status(folder, refine, procs)
+        if state == "complete" and not refine_info["finished"]:
+            state = "running" if (running or lock_pids) else "incomplete"
+    search = (man.get("sweep") or {}).get("search")
+    if search and state == "complete":  # done only once the last batch was told
+        if not any((q.get("search") or {}).get("finished") for q in procs):
+            state = "running" if (running or lock_pids) else "incomplete"
     root_dir = folder.parent
     cmd = f"jaxdyn run {man.get('source_file') or 'FILE'}"
     if root_dir.resolve() != DEFAULT_ROOT.resolve():
@@ -253,7 +263,19 @@ def sweep_status(name_or_dir: str | Path, root: str | Path | None = None,
         "processes": procs,
         "file": _file_state(man, folder),
         "resume": cmd,
+        **({"refine": refine_info} if refine_info is not None else {}),
     }
+
+
+def _refine_status(folder: Path, refine: dict, procs: list[dict]) -> dict:
+    """A refined sweep's rounds and brackets (``jaxdyn.adaptive``)."""
+    from jaxdyn.adaptive._brackets import summary
+
+    recs = [p.get("refine") or {} for p in procs]
+    info = summary(folder, refine)
+    info["finished"] = any(r.get("finished") for r in recs)
+    info["round"] = max((int(r.get("round", 0)) for r in recs), default=0)
+    return info
 
 
 def _process_status(rec: dict, man: dict, now: float, lock_pids: list[int]) -> dict:
@@ -289,4 +311,5 @@ def _process_status(rec: dict, man: dict, now: float, lock_pids: list[int]) -> d
             "state": state, "chunks_done": cd, "chunks_total": ct, "runs_done": rd,
             "runs_total": rt, "run_steps_per_s": rate * steps if rate else None,
             "eta_s": eta, "updated_ago_s": age, "started": started,
-            "finished": rec.get("finished")}
+            "finished": rec.get("finished"),
+            **{k: rec[k] for k in ("refine", "search") if isinstance(rec.get(k), dict)}}

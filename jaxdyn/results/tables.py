@@ -169,6 +169,16 @@ class Results:
                                                             else ""))
         return out
 
+    def boundaries(self) -> pd.DataFrame:
+        """The brackets of a ``[refine]`` sweep: per seed and other hyperparameters, each
+        pair of neighbouring values of the refined axis where its predicate differs. Columns:
+        ``seed``, the other hyperparameters that vary, ``lo``, ``hi``, ``hit_lo``,
+        ``hit_hi``, ``width``, ``rel_width``, ``mid`` (geometric on a log axis),
+        ``run_id_lo``, ``run_id_hi``."""
+        from jaxdyn.adaptive._brackets import boundaries
+
+        return boundaries(self.path)
+
     def query(self, sql: str) -> pd.DataFrame:
         """A read-only SQL query over this sweep's ``runs`` and ``curves`` views."""
         return _query_folders([self.path], sql)
