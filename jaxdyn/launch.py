@@ -251,7 +251,6 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
     except Exception as e:  # noqa: BLE001 - a probe's own code failing to trace
         raise contract.ExperimentError(f"experiment {exp.name!r}: tracing the run failed: "
                                        f"{type(e).__name__}: {contract._first_line(e)}") from None
-    _check_memory(sweep, footprints)
     pi, pc = 0, 1
     if distributed:
         kw = {}
@@ -267,6 +266,7 @@ def _run(sweep: Sweep, exp, source, *, out: Path, chunk_size, micro_batch, force
             raise JaxdynError(f"--distributed: jax.distributed.initialize failed: {e}") \
                 from None
         pi, pc = jax.process_index(), jax.process_count()
+    _check_memory(sweep, footprints)  # asks for a device: after jax.distributed.initialize
     store = SweepStore(out, sweep.name)
     extra: dict[str, Any] = {"jaxdyn_version": version(), "jax_version": jax.__version__,
                              "device": engine.device_description(), "process_count": pc}

@@ -138,6 +138,8 @@ def _axis_values(file, key: str, spec, param: Param) -> list | _Range:
         if param.type not in (int, float):
             raise SpecError(file, key, f"a range needs a numeric hyperparameter; "
                                        f"'{param.name}' is {param.type.__name__}")
+        if param.type is float:  # an integer literal beyond int64 is a float here
+            start, stop = float(start), float(stop)
         rng = _Range(file, key, start, stop, num, spacing, param)
         if param.type is int and num <= _INT_RANGE_EXPAND:
             return rng.values()

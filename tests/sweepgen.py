@@ -187,8 +187,47 @@ def sweep_docs(draw):
             st.fixed_dictionaries({}, optional={"count": any_value(), "fraction": any_value(),
                                                 "seed": any_value()})),
     }
+    # the adaptive keys (jaxdyn.adaptive), over this experiment's hyperparameters and metrics
+    metrics = []
+    try:
+        metrics = [m.name for m in experiments.get(exp_name).metrics]
+    except Exception:  # noqa: BLE001
+        pass
+    col = st.sampled_from(names + ["final_" + m for m in metrics] + ["nope", "seed"])
+    pred = st.builds(lambda c, op, v: f"{c} {op} {v}", col,
+                     st.sampled_from(["<", ">", "=", ">=", "<>", "LIKE", ";"]),
+                     st.sampled_from(["0", "1e-3", "-0.01", "'a'", "nan", "(SELECT 1)",
+                                      "read_csv('x')"]))
+    optional.update({
+        "refine": mostly(st.fixed_dictionaries(
+            {"axis": st.sampled_from(names or ["lr"]), "where": pred},
+            optional={"rounds": st.integers(0, 3), "points": st.integers(1, 3),
+                      "spacing": st.sampled_from(["log", "linear"])}),
+            st.dictionaries(st.sampled_from(["axis", "where", "rounds", "points", "spacing",
+                                             "x"]), any_value(), max_size=4), 3),
+        "stop": mostly(st.builds(lambda m, v: f"{m} < {v}", st.sampled_from(metrics or ["x"]),
+                                 st.sampled_from(["1e-8", "0", "-1"])),
+                       st.one_of(pred, any_value()), 3),
+        "halving": mostly(st.fixed_dictionaries(
+            {"metric": st.sampled_from(metrics or ["loss"]), "keep": st.floats(0.05, 0.95),
+             "rungs": st.lists(st.integers(1, 30), min_size=1, max_size=3)},
+            optional={"mode": st.sampled_from(["min", "max"]),
+                      "by": st.lists(st.sampled_from(names or ["lr"]), max_size=2)}),
+            st.dictionaries(st.sampled_from(["metric", "mode", "keep", "rungs", "by", "x"]),
+                            any_value(), max_size=4), 3),
+        "search": mostly(st.fixed_dictionaries(
+            {"method": st.sampled_from(["random", "tpe", "cmaes"]),
+             "trials": st.integers(1, 16), "batch": st.integers(1, 8),
+             "metric": st.sampled_from(["final_" + m for m in metrics] or ["final_loss"]),
+             "space": st.dictionaries(st.sampled_from(names or ["lr"]), st.fixed_dictionaries(
+                 {"start": st.floats(1e-4, 1.0), "stop": st.floats(1e-4, 1.0)},
+                 optional={"spacing": st.sampled_from(["log", "linear"])}), max_size=2)},
+            optional={"mode": st.sampled_from(["min", "max"])}),
+            st.dictionaries(st.sampled_from(["method", "trials", "batch", "metric", "space"]),
+                            any_value(), max_size=4), 3),
+    })
     for k, strat in optional.items():
-        if draw(st.booleans()):
+        if draw(st.integers(0, 5 if k in ("refine", "stop", "halving", "search") else 1)) == 1:
             doc[k] = draw(strat)
     if params:
         fixed, grid, zipped = {}, {}, {}
@@ -243,8 +282,13 @@ def outcome(text: str, tmp: Path) -> tuple[int, str, bool]:
     def sentinel(*a, **kw):
         raise _NoCompute
 
-    real = engine.run_sweep
-    engine.run_sweep = sentinel
+    from jaxdyn.adaptive import _halving, _refine, _search
+
+    computing = [(engine, "run_sweep"), (_refine, "run_refine"), (_search, "run_search"),
+                 (_halving, "run_halving")]
+    real = [getattr(m, n) for m, n in computing]
+    for m, n in computing:
+        setattr(m, n, sentinel)
     err = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -254,6 +298,7 @@ def outcome(text: str, tmp: Path) -> tuple[int, str, bool]:
     except BaseException:  # noqa: BLE001 - a traceback is what the fuzz suite looks for
         code, err = 1, io.StringIO(traceback.format_exc())
     finally:
-        engine.run_sweep = real
+        for (m, n), fn in zip(computing, real):
+            setattr(m, n, fn)
     wrote = out_root.exists() and any(out_root.iterdir())
     return code, err.getvalue(), wrote
