@@ -23,9 +23,9 @@ from jaxdyn.results.status import sweep_status
 
 AGGS = ("median", "mean", "min", "max")
 #: runs embedded in the runs table (beyond it: a sample of runs per grid point, said so)
-MAX_TABLE_RUNS = 20_000
+MAX_TABLE_RUNS = 10_000
 #: float values of curves embedded in the page (4 bytes each, base64: about 5.3 bytes)
-MAX_CURVE_VALUES = 600_000
+MAX_CURVE_VALUES = 400_000
 #: runs per grid point whose curves are embedded
 CURVE_RUNS_PER_POINT = 4
 #: fewest logged steps kept per curve when steps are thinned to fit the budget
@@ -88,6 +88,26 @@ def _b64(a: np.ndarray, dtype) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode("ascii")
 
 
+def _floats(values, sql_type: str) -> dict:
+    """A float column, little-endian and base64-encoded in the precision of the column it
+    comes from (FLOAT: float32, exact for float32 metrics; else float64); NaN for null.
+    The page decodes it (``col()``) to numbers and nulls."""
+    v = values
+    if hasattr(v, "mask"):
+        v = np.where(np.ma.getmaskarray(v), np.nan, np.ma.getdata(v).astype(np.float64))
+    v = np.asarray(v, dtype=np.float64)
+    if sql_type.upper() in ("FLOAT", "REAL"):
+        return {"f32": _b64(v, "<f4")}
+    return {"f64": _b64(v, "<f8")}
+
+
+def _column(values, sql_type: str):
+    t = sql_type.upper()
+    if t in ("FLOAT", "REAL", "DOUBLE"):
+        return _floats(values, t)
+    return _col(values)
+
+
 def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
                   max_curve_values: int = MAX_CURVE_VALUES,
                   curve_runs_per_point: int = CURVE_RUNS_PER_POINT) -> dict:
@@ -127,11 +147,13 @@ def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
         pts = con.execute(f"SELECT {', '.join(sel)} FROM runs {group}").fetchnumpy()
         keys = list(pts)
         n_pts = len(pts[keys[0]]) if keys else 0
-        points = {"axes": {a: _col(pts[a]) for a in axes},
+        points = {"axes": {a: _col(pts[a]) for a in axes},  # exact: JSON numbers
                   "n": _col(pts["n"]), "diverged": _col(pts["diverged"]), "m": {}}
         for j, m in enumerate(metrics):
             base = len(axes) + 2 + 4 * j
-            points["m"][m] = {agg: _col(pts[keys[base + k]]) for k, agg in enumerate(AGGS)}
+            # aggregates in the metric's own precision: a float32 metric has no more digits
+            points["m"][m] = {agg: _floats(pts[keys[base + k]], rtypes[m])
+                              for k, agg in enumerate(AGGS)}
         axis_info = []
         for a in axes:
             vals = sorted({v for v in points["axes"][a] if v is not None},
@@ -158,7 +180,8 @@ def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
                          f"({ranked}) {where} ORDER BY point, seed, run_id "
                          f"LIMIT {int(max_table_runs)}").fetchnumpy()
         runs_tbl = {"columns": tcols, "point": _col(tr["point"]),
-                    "data": {c: _col(tr[c]) for c in tcols}}
+                    "data": {c: (_col(tr[c]) if c in axes else _column(tr[c], rtypes[c]))
+                             for c in tcols}}
         n_table = len(runs_tbl["point"])
 
         # ---- curves: a bounded sample per grid point ----------------------------------
