@@ -24,8 +24,11 @@ from jaxdyn.results.status import sweep_status
 AGGS = ("median", "mean", "min", "max")
 #: runs embedded in the runs table (beyond it: a sample of runs per grid point, said so)
 MAX_TABLE_RUNS = 10_000
-#: float values of curves embedded in the page (4 bytes each, base64: about 5.3 bytes)
-MAX_CURVE_VALUES = 400_000
+#: float values embedded in the page in all (float32 base64: about 5.3 bytes each): the grid
+#: points' aggregates and the runs table first, the curves get the rest (at least
+#: MIN_CURVE_VALUES); with Plotly's 4.8 MB this keeps a page under 10 MB
+MAX_PAGE_FLOATS = 650_000
+MIN_CURVE_VALUES = 50_000
 #: runs per grid point whose curves are embedded
 CURVE_RUNS_PER_POINT = 4
 #: fewest logged steps kept per curve when steps are thinned to fit the budget
@@ -109,14 +112,15 @@ def _column(values, sql_type: str):
 
 
 def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
-                  max_curve_values: int = MAX_CURVE_VALUES,
+                  max_curve_values: int | None = None,
                   curve_runs_per_point: int = CURVE_RUNS_PER_POINT) -> dict:
     """Everything the explorer page shows of one sweep folder, as a JSON-able dict.
 
     One committed snapshot (runs and curves of the same chunks) is read through a read-only
     DuckDB connection; per grid point the final metrics are aggregated over its runs
     (seeds); the runs table and the curves are bounded (``max_table_runs`` rows,
-    ``max_curve_values`` floats) and the dict says what was left out."""
+    ``max_curve_values`` floats, by default what ``MAX_PAGE_FLOATS`` leaves) and the dict
+    says what was left out."""
     folder = Path(folder)
     t0 = time.perf_counter()
     man = read_manifest(folder)
@@ -179,10 +183,13 @@ def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
         tr = con.execute(f"SELECT point, {', '.join(_sql_ident(c) for c in tcols)} FROM "
                          f"({ranked}) {where} ORDER BY point, seed, run_id "
                          f"LIMIT {int(max_table_runs)}").fetchnumpy()
+        # the axis columns are not embedded twice: the page takes them from the run's point
         runs_tbl = {"columns": tcols, "point": _col(tr["point"]),
-                    "data": {c: (_col(tr[c]) if c in axes else _column(tr[c], rtypes[c]))
-                             for c in tcols}}
+                    "data": {c: _column(tr[c], rtypes[c]) for c in tcols if c not in axes}}
         n_table = len(runs_tbl["point"])
+        if max_curve_values is None:
+            max_curve_values = max(MIN_CURVE_VALUES, MAX_PAGE_FLOATS - len(metrics) * (
+                len(AGGS) * n_pts + n_table))
 
         # ---- curves: a bounded sample per grid point ----------------------------------
         steps_all = [int(s) for s, in con.execute(
