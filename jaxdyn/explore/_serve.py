@@ -62,6 +62,7 @@ class ExplorerApp:
         self.refresh_ms = refresh_ms
         self._js: bytes | None = None
         self._cache: dict[str, tuple[tuple, bytes]] = {}
+        self._summaries: dict[str, tuple[tuple, dict]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -85,13 +86,34 @@ class ExplorerApp:
                 raise Forbidden(name)
         return folder
 
+    def _snapshot_key(self, folder: Path) -> tuple:
+        """What a sweep's pages depend on: its committed runs parts, its progress records
+        and its write locks (a page is rebuilt only when one of them changed)."""
+        runs, curves = committed_parts(folder)
+        for p in (*runs, *curves):
+            if p.is_symlink() and not _inside(p, self.root_real):
+                raise Forbidden(folder.name)
+        progress = sorted((p.name, p.stat().st_mtime) for p in
+                          folder.glob(store.PROGRESS_GLOB))
+        return tuple(p.name for p in runs), tuple(progress)
+
     def sweeps(self) -> list[dict]:
         out = []
         for n in sweep_names(self.root):
             try:
-                if self.folder(n) is None:
+                folder = self.folder(n)
+                if folder is None:
                     continue
-                out.append(sweep_summary(self.root / n))
+                key = self._snapshot_key(folder)
+                with self._lock:
+                    hit = self._summaries.get(n)
+                if hit and hit[0] == key and hit[1]["state"] == "complete":
+                    out.append(hit[1])  # a finished sweep's counts cannot change
+                    continue
+                summary = sweep_summary(folder)
+                with self._lock:
+                    self._summaries[n] = (key, summary)
+                out.append(summary)
             except Forbidden:
                 continue
             except QueryError as e:
@@ -100,13 +122,7 @@ class ExplorerApp:
 
     def data(self, folder: Path) -> bytes:
         """The explorer data of a sweep as JSON, rebuilt only when its snapshot changed."""
-        runs, curves = committed_parts(folder)
-        for p in (*runs, *curves):
-            if p.is_symlink() and not _inside(p, self.root_real):
-                raise Forbidden(folder.name)
-        progress = sorted((p.name, p.stat().st_mtime) for p in
-                          folder.glob(store.PROGRESS_GLOB))
-        key = (tuple(p.name for p in runs), tuple(progress))
+        key = self._snapshot_key(folder)
         with self._lock:
             hit = self._cache.get(folder.name)
         if hit and hit[0] == key:
