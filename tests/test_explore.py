@@ -201,6 +201,17 @@ def test_heatmap_has_one_cell_per_point_with_the_runs_table_value(page, runs):
     assert got == sorted((round(lr, 12), d) for lr, d in div.index)
 
 
+def test_header_counts_and_times(page, runs, root):
+    text = page.find_element("id", "header").text
+    n_div = int((runs.status != "ok").sum())
+    assert f"{len(runs)} of {N_LR * N_D * N_SEEDS} done, {n_div} diverged (complete)" in text
+    assert "eos.mean_model" in text and "eos.toml" in text
+    rec = json.loads((root / "eos" / "progress-0.json").read_text())
+    assert rec["compile_s"] > 0  # the launch records its compile time when it finishes
+    assert "compile " in text and "not recorded" not in text
+    assert json.loads((root / "eos" / "manifest.json").read_text())["jax_version"] in text
+
+
 def test_choosing_another_metric_and_aggregate_redraws(page, runs):
     from selenium.webdriver.support.ui import Select
 

@@ -114,6 +114,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
     finally:
         writer.shutdown(wait=True)
     state["finished"] = time.time()
+    state["compile_s"] = sum(r.compile_s for r in {id(r): r for r, *_ in work}.values())
     store.write_progress(state, process_index)
     runners = list({id(r): r for r, *_ in work}.values())
     summary["compile_s"] = sum(r.compile_s for r in runners)
