@@ -334,6 +334,20 @@ def test_report_opens_with_the_network_disabled(driver, report_file):
         driver.delete_network_conditions()
 
 
+def test_a_sweep_with_no_finished_chunk_yet_renders(driver, root, tmp_path):
+    """As `jaxdyn serve` shows a sweep that has just started: a manifest, no parts."""
+    from jaxdyn.explore import report
+
+    res = tmp_path / "res"
+    (res / "eos" / "runs").mkdir(parents=True)
+    shutil.copy(root / "eos" / "manifest.json", res / "eos" / "manifest.json")
+    out = tmp_path / "empty.html"
+    report("eos", out, root=res)
+    _open(driver, out.as_uri())
+    assert "0 of 24 done" in driver.find_element("id", "header").text
+    assert "No grid axes or final metrics yet" in driver.find_element("id", "heatmaps").text
+
+
 # ---- jaxdyn serve ------------------------------------------------------------------------
 LIVE = """
 name = "live"
