@@ -68,7 +68,7 @@ lr = { start = 1.5e-5, stop = 0.11, num = 50, spacing = "log" }
 WRITER = """
 name = "writing"
 experiment = "eos.mean_model"
-steps = 3000
+steps = 20000
 seeds = 2
 log = { every = 300 }
 [fixed]
@@ -305,8 +305,13 @@ def main() -> int:
                   f"{r['tables_mb']:.1f} MB | {r['report_build_s']:.2f} s | "
                   f"{r['report_mb']:.2f} MB | {r['first_chart_s']:.2f} s | "
                   f"{r['all_views_s']:.2f} s |")
-    md += ["", "`jaxdyn serve` while `jaxdyn run` writes a 8,000-run sweep in chunks of 8 "
-           "(requests every 0.2 s, one at a time):", "",
+    md += ["", "`jaxdyn serve` over this root while `jaxdyn run` writes another 8,000-run "
+           "sweep (`writing`) in chunks of 8, requests one at a time every 0.2 s: `list` is "
+           "the sweep list page, `api_sweeps` its data (progress of every sweep: the running "
+           "one is re-read each time), `explorer_writing`/`data_writing` the running sweep's "
+           "explorer page and data (rebuilt whenever a chunk landed since the last request), "
+           "`explorer_largest` the 1e6-run sweep's explorer (first request builds it, the "
+           "next ones reuse the build of the same snapshot):", "",
            "| request | n | median | p95 | max |", "|---|---:|---:|---:|---:|"]
     for k, v in serve.items():
         if isinstance(v, dict):

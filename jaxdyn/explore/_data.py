@@ -242,7 +242,7 @@ def _meta(folder: Path, man: dict, status: dict) -> dict:
     # wall time of the launches (started → finished, or → last update while running)
     wall = sum(((p.get("finished") or now - (p.get("updated_ago_s") or 0.0)) - p["started"])
                for p in procs) if procs else None
-    compile_s = [p.get("compile_s") for p in _progress_records(folder)]
+    compile_s = [p.get("compile_s") for p in procs]
     compile_s = sum(compile_s) if compile_s and None not in compile_s else None
     return {
         "name": folder.name, "experiment": man.get("experiment"),
@@ -255,20 +255,6 @@ def _meta(folder: Path, man: dict, status: dict) -> dict:
         "runs_total": status["runs_total"], "diverged": status["diverged"],
         "eta_s": status.get("eta_s"), "wall_s": wall, "compile_s": compile_s,
     }
-
-
-def _progress_records(folder: Path) -> list[dict]:
-    import json
-
-    from jaxdyn import store
-
-    out = []
-    for p in sorted(folder.glob(store.PROGRESS_GLOB)):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def _empty(folder: Path, man: dict, status: dict) -> dict:

@@ -63,6 +63,7 @@ class ExplorerApp:
         self._js: bytes | None = None
         self._cache: dict[str, tuple[tuple, bytes]] = {}
         self._summaries: dict[str, tuple[tuple, dict]] = {}
+        self._building: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     @property
@@ -122,16 +123,19 @@ class ExplorerApp:
 
     def data(self, folder: Path) -> bytes:
         """The explorer data of a sweep as JSON, rebuilt only when its snapshot changed."""
-        key = self._snapshot_key(folder)
         with self._lock:
-            hit = self._cache.get(folder.name)
-        if hit and hit[0] == key:
-            return hit[1]
-        data = explorer_data(folder)
-        body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        with self._lock:
-            self._cache[folder.name] = (key, body)
-        return body
+            build_lock = self._building.setdefault(folder.name, threading.Lock())
+        with build_lock:  # one build per sweep at a time; the others wait for its result
+            key = self._snapshot_key(folder)
+            with self._lock:
+                hit = self._cache.get(folder.name)
+            if hit and hit[0] == key:
+                return hit[1]
+            data = explorer_data(folder)
+            body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            with self._lock:
+                self._cache[folder.name] = (key, body)
+            return body
 
     def page(self, folder: Path) -> bytes:
         data = json.loads(self.data(folder))
