@@ -235,6 +235,41 @@ def test_choosing_another_metric_and_aggregate_redraws(page, runs):
             assert y == w[0]
 
 
+def test_facets_and_spread_bands(page, runs):
+    """Heatmaps of lr alone, one per d (facet); the lines' shaded band is the seeds' min-max."""
+    from selenium.webdriver.support.ui import Select
+
+    Select(page.find_element("id", "metric")).select_by_value("final_b")
+    Select(page.find_element("id", "hy")).select_by_value("(none)")
+    Select(page.find_element("id", "facet")).select_by_value("d")
+    want = _expected(runs, "final_b")
+    ds = sorted(runs.d.unique())
+    assert page.execute_script("return document.getElementById('heatmaps').children.length") \
+        == len(ds)
+    for fi, d in enumerate(ds):
+        tr = page.execute_script(f"const t = document.getElementById('heat-{fi}').data[0]; "
+                                 f"return [t.meta.x, t.z, document.getElementById('heat-{fi}')"
+                                 f".layout.title.text];")
+        xs, z, title = tr
+        assert title.startswith(f"d = {d}:")
+        assert len(z) == 1 and len(xs) == N_LR
+        for lr, v in zip(xs, z[0]):
+            assert v == [w for (l2, d2), w in want.items() if d2 == d and
+                         l2 == pytest.approx(lr)][0]
+    bands = page.execute_script(
+        "const t = document.getElementById('lines').data;"
+        "return t.filter(q => q.customdata).map(q => {"
+        "  const k = t.indexOf(q); return [q.name, q.x, t[k - 2].y, t[k - 1].y]; });")
+    f32 = runs.attrs["f32"]["final_b"]
+    for name, xs, hi, lo in bands:
+        d = int(name.split("=")[1])
+        for lr, h, l in zip(xs, hi, lo):
+            sel = runs[(runs.d == d) & np.isclose(runs.lr, lr, rtol=1e-12)].final_b
+            mx, mn = (np.float32(sel.max()), np.float32(sel.min())) if f32 else (sel.max(),
+                                                                                sel.min())
+            assert (h, l) == (float(mx), float(mn))
+
+
 def _click_cell(driver, lr, d):
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -424,9 +459,11 @@ def test_served_explorer_refreshes_while_the_sweep_grows(driver, root, tmp_path)
     try:
         _open(driver, f"http://127.0.0.1:{srv.server_address[1]}/sweeps/eos/")
         assert driver.execute_script("return window.jaxdyn.data.meta.runs_done") == 0
-        for p in parts:  # commit the chunks as the writer does: curves first, runs last
-            shutil.copy(root / "eos" / "curves" / p.name, live / "eos" / "curves" / p.name)
-            shutil.copy(p, live / "eos" / "runs" / p.name)
+        for p in parts:  # commit the chunks as the writer does: whole files renamed into
+            for table in ("curves", "runs"):  # place, curves first, runs last
+                tmp = live / "eos" / table / f".tmp-{p.name}"
+                shutil.copy(root / "eos" / table / p.name, tmp)
+                os.replace(tmp, live / "eos" / table / p.name)
         _wait(driver, f"return window.jaxdyn.data.meta.runs_done === {N_LR * N_D * N_SEEDS}")
         _wait(driver, "return document.getElementById('heat-0') && "
                       "document.getElementById('heat-0').data[0].z.flat()"

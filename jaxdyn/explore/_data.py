@@ -163,7 +163,7 @@ def explorer_data(folder: str | Path, *, max_table_runs: int = MAX_TABLE_RUNS,
             vals = sorted({v for v in points["axes"][a] if v is not None},
                           key=lambda v: (isinstance(v, str), v))
             axis_info.append({"name": a, "values": vals, "type": rtypes[a],
-                              "numeric": _is_numeric(rtypes[a]) or rtypes[a] == "BOOLEAN",
+                              "numeric": _is_numeric(rtypes[a]),  # else: categories
                               "log": _is_numeric(rtypes[a]) and _log_spaced(vals)})
 
         # the runs, each with its grid point's index

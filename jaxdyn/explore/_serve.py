@@ -243,6 +243,9 @@ def serve(root: str | Path = "results", host: str = "127.0.0.1", port: int = DEF
     if not quiet:
         print(f"serving the sweeps under {root} at http://{h}:{p}/ (read-only; Ctrl-C stops)",
               flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"note: --host {host}: other machines that can reach this one can read "
+                  f"these sweeps", file=sys.stderr, flush=True)
     t0 = time.time()
     try:
         server.serve_forever(poll_interval=0.2)
