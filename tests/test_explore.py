@@ -311,6 +311,25 @@ def test_clicking_a_cell_shows_that_points_curves(page, runs, curves):
         "return document.getElementById('curves').layout.yaxis.type") == "log"
 
 
+def test_clicking_a_line_point_shows_that_points_curves(page, runs):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    el = page.find_element("id", "lines")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+    # the point of the d = 200 line at the largest lr (where the lines are far apart)
+    name, lr, y, dx, dy = page.execute_script(
+        "const gd = arguments[0], L = gd._fullLayout, r = gd.getBoundingClientRect();"
+        "const t = gd.data.find(q => q.customdata && q.name === 'd=200');"
+        "const x = t.x[t.x.length - 1], y = t.y[t.y.length - 1];"
+        "return [t.name, x, y, L.xaxis._offset + L.xaxis.d2p(x) - r.width / 2,"
+        "        L.yaxis._offset + L.yaxis.d2p(y) - r.height / 2];", el)
+    ActionChains(page).move_to_element_with_offset(el, int(dx), int(dy)).click().perform()
+    traces = _wait(page, "const t = document.getElementById('curves').data; "
+                         "return t && t.length ? t.map(q => q.meta) : null;")
+    want = runs[(runs.d == 200) & np.isclose(runs.lr, lr, rtol=1e-12)]
+    assert sorted(traces) == sorted(want.run_id)
+
+
 def test_brushing_a_parallel_axis_filters_the_table(page, runs):
     from selenium.webdriver.common.action_chains import ActionChains
 
