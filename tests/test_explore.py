@@ -126,7 +126,8 @@ def driver():
 
 
 def _open(driver, url):
-    driver.get_log("browser")  # drop earlier pages' messages
+    driver.get("about:blank")  # stop the previous page (a served one polls its server)
+    driver.get_log("browser")  # and drop its messages
     driver.get(url)
     _wait(driver, "return document.body && document.body.dataset.ready === '1'")
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -457,6 +458,7 @@ def test_served_list_updates_progress_while_a_sweep_runs(driver, tmp_path):
         n = driver.execute_script("return window.jaxdyn.data.meta.runs_done")
         assert n == total
     finally:
+        driver.get("about:blank")  # before the server stops: the page polls it
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -490,6 +492,7 @@ def test_served_explorer_refreshes_while_the_sweep_grows(driver, root, tmp_path)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:
+        driver.get("about:blank")
         srv.shutdown()
         srv.server_close()
 
