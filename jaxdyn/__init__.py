@@ -8,6 +8,8 @@ The public API::
     jaxdyn.Experiment, Param, Metric, Probe   # declare your own experiment
     jaxdyn.optimizer(static, hp)        # the sweep's optax transformation
     jaxdyn.supervised(...)              # an Experiment from an initializer, a loss and data
+    jaxdyn.report(name, "page.html")    # a sweep's explorer as one self-contained page
+    jaxdyn.serve(root)                  # a local read-only web app over a results root
 
 Importing jaxdyn does not import JAX (the analysis side never needs it) and changes no JAX
 setting: names that need JAX are imported on first use.
@@ -19,7 +21,8 @@ from jaxdyn.results import Results, load, query
 from jaxdyn.spec import JaxdynError, Param, SpecError
 
 __all__ = ["Experiment", "JaxdynError", "Metric", "Param", "Probe", "Results", "RunSummary",
-           "SpecError", "check", "load", "optimizer", "query", "run", "supervised"]
+           "SpecError", "check", "load", "optimizer", "query", "report", "run", "serve",
+           "supervised"]
 __version__ = "0.1.0"
 
 
@@ -32,4 +35,8 @@ def __getattr__(name):  # lazily: these import optax/JAX
         from jaxdyn._supervised import supervised
 
         return supervised
+    if name in ("report", "serve"):  # the explorer (no JAX; lazily, like the rest)
+        from jaxdyn import explore
+
+        return getattr(explore, name)
     raise AttributeError(f"module 'jaxdyn' has no attribute {name!r}")

@@ -1,5 +1,7 @@
 """``jaxdyn run | check | list | query | status | plot | bench``.
 
+``jaxdyn report | serve``: a sweep's explorer as one HTML file, a local web app of all sweeps.
+
 Every user error ends in one message on stderr naming the file, the key and what was
 expected, and exit status 2; nothing is written before a sweep file has been fully validated.
 """
@@ -361,6 +363,34 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from jaxdyn.explore import report
+    from jaxdyn.results import QueryError
+
+    try:
+        info = report(args.name, args.output, root=args.out)
+    except QueryError as e:
+        return _err(str(e))
+    print(f"wrote {info['path']}: {info['bytes'] / 1e6:.1f} MB, {info['runs']:,} runs in "
+          f"{info['points']:,} grid points, built in {duration(info['build_s'])}; "
+          f"open it in a browser (works offline)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from jaxdyn.explore import serve
+    from jaxdyn.results import QueryError
+
+    if not 0 <= args.port <= 65535:
+        return _err(f"--port: expected a port number 0..65535 (0: any free port), got "
+                    f"{args.port}")
+    try:
+        serve(args.out, host=args.host, port=args.port)
+    except QueryError as e:
+        return _err(str(e))
+    return 0
+
+
 def cmd_bench(args) -> int:
     """``jaxdyn bench``: the benchmark suite (jaxdyn/bench/)."""
     from jaxdyn import bench, engine
@@ -448,6 +478,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
     pl.add_argument("--out", default="results", help="results root (default: results)")
     pl.set_defaults(fn=cmd_plot)
+
+    rp = sub.add_parser("report", help="a sweep's explorer as one HTML file: report NAME -o "
+                                       "FILE.html",
+                        description="One self-contained HTML page (opens offline): heatmaps, "
+                                    "lines and parallel coordinates of the final metrics "
+                                    "aggregated over seeds per grid point, curves of a sample "
+                                    "of runs per point on click, and a runs table.")
+    rp.add_argument("name", metavar="NAME")
+    rp.add_argument("-o", "--output", required=True, help="the page to write (.html)")
+    rp.add_argument("--out", default="results", help="results root (default: results)")
+    rp.set_defaults(fn=cmd_report)
+
+    sv = sub.add_parser("serve", help="a local web app: every sweep's progress and explorer",
+                        description="Serves the sweeps under --out read-only: their progress, "
+                                    "ETA and diverged count (refreshed live) and each sweep's "
+                                    "explorer from its current tables. Ctrl-C stops it.")
+    sv.add_argument("--out", default="results", help="results root (default: results)")
+    sv.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0: any free)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 "
+                         "opens it to the network)")
+    sv.set_defaults(fn=cmd_serve)
 
     bn = sub.add_parser("bench", help="benchmark the engine on this device: throughput, "
                                       "compile, FLOP/s and bytes/s against measured ceilings",

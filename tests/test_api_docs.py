@@ -8,7 +8,7 @@ import pytest
 import jaxdyn
 
 PUBLIC = ["Experiment", "Param", "Metric", "Probe", "optimizer", "run", "load", "query",
-          "Results", "RunSummary", "JaxdynError", "supervised"]
+          "Results", "RunSummary", "JaxdynError", "supervised", "report", "serve"]
 
 
 def test_every_public_name_is_exported_and_documented():

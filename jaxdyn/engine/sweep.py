@@ -139,6 +139,7 @@ def run_sweep(sweep: Sweep, exp: Experiment, store, *, chunk_size: int | None = 
                            "run_steps": summary["run_steps"], "run_steps_full": full,
                            "saved": 1 - summary["run_steps"] / full if full else 0.0}
     state["finished"] = time.time()
+    state["compile_s"] = sum(r.compile_s for r in {id(r): r for r, *_ in work}.values())
     store.write_progress(state, process_index)
     runners = list({id(r): r for r, *_ in work}.values())
     summary["compile_s"] = sum(r.compile_s for r in runners)

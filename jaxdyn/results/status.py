@@ -311,5 +311,5 @@ def _process_status(rec: dict, man: dict, now: float, lock_pids: list[int]) -> d
             "state": state, "chunks_done": cd, "chunks_total": ct, "runs_done": rd,
             "runs_total": rt, "run_steps_per_s": rate * steps if rate else None,
             "eta_s": eta, "updated_ago_s": age, "started": started,
-            "finished": rec.get("finished"),
+            "finished": rec.get("finished"), "compile_s": rec.get("compile_s"),
             **{k: rec[k] for k in ("refine", "search") if isinstance(rec.get(k), dict)}}
