@@ -10,6 +10,7 @@ The public API::
     jaxdyn.supervised(...)              # an Experiment from an initializer, a loss and data
     jaxdyn.report(name, "page.html")    # a sweep's explorer as one self-contained page
     jaxdyn.serve(root)                  # a local read-only web app over a results root
+    jaxdyn.export(name, "mlflow", dir)  # one MLflow / TensorBoard run per jaxdyn run
 
 Importing jaxdyn does not import JAX (the analysis side never needs it) and changes no JAX
 setting: names that need JAX are imported on first use.
@@ -21,8 +22,8 @@ from jaxdyn.results import Results, load, query
 from jaxdyn.spec import JaxdynError, Param, SpecError
 
 __all__ = ["Experiment", "JaxdynError", "Metric", "Param", "Probe", "Results", "RunSummary",
-           "SpecError", "check", "load", "optimizer", "query", "report", "run", "serve",
-           "supervised"]
+           "SpecError", "check", "export", "load", "optimizer", "query", "report", "run",
+           "serve", "supervised"]
 __version__ = "0.1.0"
 
 
@@ -35,7 +36,7 @@ def __getattr__(name):  # lazily: these import optax/JAX
         from jaxdyn._supervised import supervised
 
         return supervised
-    if name in ("report", "serve"):  # the explorer (no JAX; lazily, like the rest)
+    if name in ("report", "serve", "export"):  # the explorer (no JAX; lazily)
         from jaxdyn import explore
 
         return getattr(explore, name)

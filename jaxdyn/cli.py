@@ -391,6 +391,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from jaxdyn.explore import export
+    from jaxdyn.results import QueryError
+
+    try:
+        info = export(args.name, args.to, args.dest, root=args.out, where=args.where)
+    except QueryError as e:
+        return _err(str(e))
+    print(f"exported {info['runs']:,} runs to {args.to} in {info['dest']} "
+          f"({info['metrics']:,} metric values, {duration(info['export_s'])})"
+          + (f"; {info['skipped']:,} already there, skipped" if info["skipped"] else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     """``jaxdyn bench``: the benchmark suite (jaxdyn/bench/)."""
     from jaxdyn import bench, engine
@@ -500,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 "
                          "opens it to the network)")
     sv.set_defaults(fn=cmd_serve)
+
+    ex = sub.add_parser("export", help="one MLflow or TensorBoard run per jaxdyn run: "
+                                       "export NAME --to mlflow|tensorboard DIR")
+    ex.add_argument("name", help="sweep name (or its folder)")
+    ex.add_argument("dest", help="the tracker's folder (MLflow: or a tracking URI)")
+    ex.add_argument("--to", required=True, choices=["mlflow", "tensorboard"])
+    ex.add_argument("--out", default="results", help="results root (default: results)")
+    ex.add_argument("--where", default=None, help="SQL predicate on runs: export only those")
+    ex.set_defaults(fn=cmd_export)
 
     bn = sub.add_parser("bench", help="benchmark the engine on this device: throughput, "
                                       "compile, FLOP/s and bytes/s against measured ceilings",

@@ -8,7 +8,7 @@ import pytest
 import jaxdyn
 
 PUBLIC = ["Experiment", "Param", "Metric", "Probe", "optimizer", "run", "load", "query",
-          "Results", "RunSummary", "JaxdynError", "supervised", "report", "serve"]
+          "Results", "RunSummary", "JaxdynError", "supervised", "report", "serve", "export", "check"]
 
 
 def test_every_public_name_is_exported_and_documented():

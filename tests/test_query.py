@@ -534,7 +534,7 @@ def test_analysis_commands_do_not_import_jax(sweeps, tmp_path):
             f"{str(tmp_path / 'p.png')!r}, '--out', r]) == 0; "
             f"assert main(['report', 'mm', '-o', {str(tmp_path / 'r.html')!r}, "
             f"'--out', r]) == 0; "
-            f"import jaxdyn.explore._serve; "
+            f"import jaxdyn.explore._serve, jaxdyn.explore._export; "
             f"print('JAX' if 'jax' in sys.modules else 'NOJAX')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)

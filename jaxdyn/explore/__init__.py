@@ -3,10 +3,11 @@
 
 Modules: ``_data`` (DuckDB aggregation of one committed snapshot into the page's data),
 ``_report`` (the HTML page: template, the inlined chart library), ``_serve`` (the HTTP
-server, standard library only). No JAX is imported.
+server, standard library only), ``_export`` (one MLflow / TensorBoard run per jaxdyn run). No JAX is imported.
 """
 
+from jaxdyn.explore._export import export
 from jaxdyn.explore._report import report
 from jaxdyn.explore._serve import serve
 
-__all__ = ["report", "serve"]
+__all__ = ["export", "report", "serve"]
