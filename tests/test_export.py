@@ -112,3 +112,6 @@ def test_export_refusals(sweep, tmp_path, cli):
     assert code == 2 and "no sweep 'nope'" in err
     with pytest.raises(jaxdyn.JaxdynError, match="--to"):
         jaxdyn.export("ex", "wandb", tmp_path / "x", root=d / "res")
+    for to in ("mlflow", "tensorboard"):
+        code, out, err = cli("export", "ex", "/proc/nope", "--to", to, "--out", d / "res")
+        assert code == 2 and "cannot write to /proc/nope" in err and "Traceback" not in err

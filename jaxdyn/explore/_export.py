@@ -78,10 +78,14 @@ def export(name_or_dir, to: str, dest, *, root=None, where: str | None = None) -
     else:
         by_run = {}
     t0 = time.perf_counter()
-    if to == "mlflow":
-        out = _to_mlflow(res.name, runs, hp_cols, scalar, by_run, dest)
-    else:
-        out = _to_tensorboard(res.name, runs, hp_cols, finals, scalar, by_run, Path(dest))
+    try:
+        if to == "mlflow":
+            out = _to_mlflow(res.name, runs, hp_cols, scalar, by_run, dest)
+        else:
+            out = _to_tensorboard(res.name, runs, hp_cols, finals, scalar, by_run, Path(dest))
+    except OSError as e:
+        raise QueryError(f"cannot write to {dest}: {e.strerror or e} (runs exported before "
+                         f"this are kept; run it again to add the rest)") from None
     return {**out, "dest": str(dest), "export_s": time.perf_counter() - t0}
 
 
