@@ -11,6 +11,8 @@ halving (``[halving]``) and batched ask/tell search (``[search]``).
 - ``_halving``: stages between rungs; survivors compacted into smaller chunks that carry
   their state on (``make_run_fn(stage=True)``).
 - ``_search``: batches of Optuna proposals (optional dependency), each one sweep-loop call.
+- ``_loop``: what the refine and search loops share (summed summaries, the last progress
+  record).
 
 Importing this package imports no JAX.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from jaxdyn.adaptive._brackets import find, inner
+from jaxdyn.adaptive._loop import add_summary, finish_progress
 from jaxdyn.adaptive._predicate import PredicateError, check_where, evaluate_where, stop_names
 from jaxdyn.sweep_types import JaxdynError, Run, SpecError, run_id
 
@@ -125,20 +126,7 @@ def run_refine(sweep, exp, store, run_sweep, **kw) -> dict:
                       progress_extra={"refine": {"round": rnd, "rounds": cfg["rounds"],
                                                  "finished": False}}, **kw)
         runs_by_round.append(len(runs))
-        for k, v in s.items():
-            if k == "stop":
-                t = total.setdefault("stop", {"stopped": 0, "run_steps": 0,
-                                              "run_steps_full": 0})
-                for j in ("stopped", "run_steps", "run_steps_full"):
-                    t[j] += v[j]
-                t["saved"] = 1 - t["run_steps"] / t["run_steps_full"] \
-                    if t["run_steps_full"] else 0.0
-            elif k == "runners":
-                total[k] = list({id(r): r for r in total.get(k, []) + v}.values())
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "steps":
-                total[k] = total.get(k, 0) + v
-            elif k not in total:
-                total[k] = v
+        add_summary(total, s)
 
     known = {r.run_id: r for r in sweep.runs()}
     one(0, list(known.values()))
@@ -160,9 +148,5 @@ def run_refine(sweep, exp, store, run_sweep, **kw) -> dict:
     total["refine"] = {**info, "rounds_run": rounds_run, "runs_by_round": runs_by_round,
                        "runs_total": len(known)}
     total["runs_total"] = len(known)
-    recs = [p for p in store.progress() if p.get("process_index", 0) == 0]
-    if recs:
-        rec = {k: v for k, v in recs[0].items() if k != "updated"}
-        rec["refine"] = {"round": rounds_run, "rounds": cfg["rounds"], "finished": True}
-        store.write_progress(rec, 0)
+    finish_progress(store, "refine", {"round": rounds_run, "rounds": cfg["rounds"]})
     return total

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from jaxdyn.adaptive._loop import add_summary, finish_progress
 from jaxdyn.sweep_types import JaxdynError, Run, run_id
 
 
@@ -106,7 +107,7 @@ def run_search(sweep, exp, store, run_sweep, **kw) -> dict:
                       extra_columns={"trial": trial_of, "batch": b}, runners=runners,
                       progress_extra={"search": {"batch": b, "batches": n_batches,
                                                  "finished": False}}, **kw)
-        _add(total, s)
+        add_summary(total, s)
         table = Results(store.dir).runs.set_index("run_id")
         missing = [r for r in runs if r not in table.index]
         if missing:
@@ -132,19 +133,5 @@ def run_search(sweep, exp, store, run_sweep, **kw) -> dict:
                        "best_trial": best.number if best else None,
                        "best_params": best.params if best else None}
     total["runs_total"] = total.get("runs_total", 0)
-    recs = [p for p in store.progress() if p.get("process_index", 0) == 0]
-    if recs:
-        rec = {k: v for k, v in recs[0].items() if k != "updated"}
-        rec["search"] = {"batch": n_batches - 1, "batches": n_batches, "finished": True}
-        store.write_progress(rec, 0)
+    finish_progress(store, "search", {"batch": n_batches - 1, "batches": n_batches})
     return total
-
-
-def _add(total: dict, s: dict) -> None:
-    for k, v in s.items():
-        if k == "runners":
-            total[k] = list({id(r): r for r in total.get(k, []) + v}.values())
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "steps":
-            total[k] = total.get(k, 0) + v
-        elif k not in total:
-            total[k] = v

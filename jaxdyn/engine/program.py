@@ -177,31 +177,37 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
             carry = jax.lax.fori_loop(0, n // unroll, body_unrolled, carry)
             return jax.lax.fori_loop(start + (n // unroll) * unroll, start + n, body, carry)
 
-        def segment(carry, seg):
-            start, n, probe_flags = seg
-            state, alive, dstep, _ = carry
+        def advance(state, active, dstep, start, n):
+            """The ``n`` steps of one segment for the runs in ``active``: ``(state, ok,
+            dstep)``, ``ok`` False for a run that diverged in it (frozen at its last finite
+            state, ``dstep`` the step)."""
 
             # Fast path: the steps without the per-step freeze, which on a CPU costs more
             # kernels than a cheap step itself (a reduction over the state's leaves, then a
             # select per leaf). Only a flag of "ever left the finite region" is kept. A run
-            # that diverged in an earlier segment steps on (its values are discarded) and
-            # gets its frozen state back once, at the end of the segment.
+            # that is not active steps on (its values are discarded) and gets its frozen
+            # state back once, at the end of the segment.
             def fast(i, c):
                 st, bad = c
                 new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
                 return new, bad | ~_all_finite(new, bound)
 
             fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
-            fast_state = _freeze(alive, fast_state, state)
-            bad = alive & bad
+            fast_state = _freeze(active, fast_state, state)
+            bad = active & bad
             # If any run of the chunk left it, the segment is run again from its start with
             # the guarded step: the same values for every run, and the exact freeze for the
             # bad ones. The flag is reduced over the chunk so that under vmap this stays a
             # real branch, taken only by the segments where something diverged.
             any_bad = jax.lax.psum(bad.astype(jnp.int32), axis_name) > 0 if axis_name else bad
-            carry = jax.lax.cond(any_bad,
-                                 lambda: steps(guarded, start, n, (state, alive, dstep)),
-                                 lambda: (fast_state, alive, dstep))
+            return jax.lax.cond(any_bad,
+                                lambda: steps(guarded, start, n, (state, active, dstep)),
+                                lambda: (fast_state, active, dstep))
+
+        def segment(carry, seg):
+            start, n, probe_flags = seg
+            state, alive, dstep, _ = carry
+            carry = advance(state, alive, dstep, start, n)
             state, alive, _ = carry
             m = measure(state, hp, data, probe_flags)
             # The state is frozen at its last finite value, so the last log point's unmasked
@@ -218,12 +224,12 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))  # sets metric_keys
         last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
         carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0)
-        return hp, k_step, data, state0, alive0, steps, segment, carry0
+        return hp, data, advance, segment, carry0
 
     def run(dyn, seed, data):
-        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        hp, data, advance, segment, carry0 = build(dyn, seed, data)
         if stop is not None:
-            return run_with_stop(hp, k_step, data, state0, alive0, steps)
+            return run_with_stop(hp, data, advance, carry0)
         (state, alive, dstep, final), curves = jax.lax.scan(segment, carry0,
                                                             (starts, lengths, flags))
         if save_params == "log":
@@ -241,7 +247,7 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         the whole batch (lo and hi are not batched): segments outside it cost nothing, and
         the ones inside are ``run``'s own ``segment``, so a run computed in stages has the
         bits of a run computed at once."""
-        hp, k_step, data, state0, alive0, steps, segment, carry0 = build(dyn, seed, data)
+        _, _, _, segment, carry0 = build(dyn, seed, data)
         carry = jax.lax.cond(lo == 0, lambda: carry0, lambda: carry_in)
         xs = (starts, lengths, flags)
         ys_shape = jax.eval_shape(lambda: segment(carry0, jax.tree.map(lambda x: x[0], xs)))[1]
@@ -265,40 +271,22 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
         stage_run.init_carry = lambda dyn, seed, data: build(dyn, seed, data)[-1]
         return stage_run
 
-    def run_with_stop(hp, k_step, data, state0, alive0, steps):
-        """``run`` with the goal: the same steps as ``segment``'s guarded path, for the runs
-        still training only, and the whole segment skipped when none is."""
-        def guarded(i, c):
-            state, active, dstep = c
-            new = exp.step(state, jax.random.fold_in(k_step, i), static, hp, data)
-            ok = active & _all_finite(new, bound)
-            return (_freeze(ok, new, state), ok, jnp.where(active & ~ok, i + 1, dstep))
-
+    def run_with_stop(hp, data, advance, carry0):
+        """``run`` with the goal: the same steps as ``segment``'s, for the runs still
+        training only, and the whole segment skipped when none is."""
         def segment(carry, seg):
             start, n, probe_flags = seg
             state, alive, dstep, last, sstep, nrun = carry
             active = alive & (sstep < 0)
 
-            def advance():
-                def fast(i, c):
-                    st, bad = c
-                    new = exp.step(st, jax.random.fold_in(k_step, i), static, hp, data)
-                    return new, bad | ~_all_finite(new, bound)
-
-                fast_state, bad = steps(fast, start, n, (state, jnp.bool_(False)))
-                fast_state = _freeze(active, fast_state, state)
-                bad = active & bad
-                any_bad = jax.lax.psum(bad.astype(jnp.int32), axis_name) > 0 \
-                    if axis_name else bad
-                st, ok, ds = jax.lax.cond(
-                    any_bad, lambda: steps(guarded, start, n, (state, active, dstep)),
-                    lambda: (fast_state, active, dstep))
+            def advance_active():
+                st, ok, ds = advance(state, active, dstep, start, n)
                 # a stopped run stays alive (``ok`` is False for it: it did not step)
                 return st, jnp.where(active, ok, alive), ds
 
             n_active = jax.lax.psum(active.astype(jnp.int32), axis_name) if axis_name \
                 else active.astype(jnp.int32)
-            state, alive, dstep = jax.lax.cond(n_active > 0, advance,
+            state, alive, dstep = jax.lax.cond(n_active > 0, advance_active,
                                                lambda: (state, alive, dstep))
             nrun = nrun + jnp.where(n_active > 0, n, 0).astype(nrun.dtype)
             m = measure(state, hp, data, probe_flags)
@@ -312,12 +300,8 @@ def make_run_fn(exp: Experiment, static: dict, log_steps: np.ndarray,
                 return carry, (ys, exp.params_of_state(state))
             return carry, ys
 
-        shapes = jax.eval_shape(lambda: measure(state0, hp, data, flags[0]))
-        last0 = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in metric_keys}
-        carry0 = (state0, alive0, jnp.where(alive0, -1, 0).astype(jnp.int64), last0,
-                  jnp.int64(-1), jnp.int64(0))
         (state, alive, dstep, final, sstep, nrun), curves = jax.lax.scan(
-            segment, carry0, (starts, lengths, flags))
+            segment, (*carry0, jnp.int64(-1), jnp.int64(0)), (starts, lengths, flags))
         info = (sstep, nrun)
         if save_params == "log":
             curves, saved = curves
